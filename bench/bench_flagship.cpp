@@ -1,0 +1,98 @@
+// Times minidl on the flagship: forward, and a training step (forward + backward from a given
+// dL/dy), with fusion on and off. CUDA events around each region, 3 warm-ups, median of --reps;
+// peak device memory above the inputs for the training step. Prints one "RESULT" line per
+// measurement for bench/gpu_bench.py to put beside PyTorch's numbers.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include "examples/flagship_model.h"
+#include "nn/compiled.h"
+#ifdef MINIDL_WITH_CUDA
+#include "core/cuda_check.cuh"
+#endif
+
+using namespace minidl;
+
+namespace {
+
+struct Stats {
+  double median, min, max;
+};
+
+template <class F>
+Stats time_region(Device dev, int warmup, int reps, F f) {
+  for (int i = 0; i < warmup; ++i) f();
+  std::vector<double> ms;
+#ifdef MINIDL_WITH_CUDA
+  if (dev.is_cuda()) {
+    cudaEvent_t a, b;
+    MINIDL_CUDA_CHECK(cudaEventCreate(&a), "bench: event");
+    MINIDL_CUDA_CHECK(cudaEventCreate(&b), "bench: event");
+    for (int i = 0; i < reps; ++i) {
+      MINIDL_CUDA_CHECK(cudaEventRecord(a, cuda::stream()), "bench: record");
+      f();
+      MINIDL_CUDA_CHECK(cudaEventRecord(b, cuda::stream()), "bench: record");
+      MINIDL_CUDA_CHECK(cudaEventSynchronize(b), "bench: sync");
+      float t = 0;
+      MINIDL_CUDA_CHECK(cudaEventElapsedTime(&t, a, b), "bench: elapsed");
+      ms.push_back(t);
+    }
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+#endif
+  if (ms.empty()) {
+    for (int i = 0; i < reps; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      f();
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+  }
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms.front(), ms.back()};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  examples::Args a(argc, argv);
+  Device dev = examples::parse_device_option(a);
+  bool reduced = false;
+  examples::FlagshipConfig cfg = examples::parse_flagship_config(a, dev, &reduced);
+  const int reps = static_cast<int>(a.get_int("--reps", 20));
+  const int warmup = static_cast<int>(a.get_int("--warmup", 3));
+  a.finish();
+  std::printf("bench_flagship: %s on %s%s\n", cfg.str().c_str(), dev.str().c_str(),
+              reduced ? " (reduced size: no GPU)" : "");
+
+  nn::manual_seed(0);
+  auto model = examples::make_flagship(cfg);
+  model->to(dev);
+  Tensor x = Tensor::uniform(cfg.input_shape(), 0, 1, 1, DType::F32, dev);
+  Tensor gy = Tensor::normal(cfg.output_shape(), 0, 1, 2, DType::F32, dev);
+  for (bool fuse : {false, true}) {
+    const char* name = fuse ? "minidl_fused" : "minidl_unfused";
+    nn::CompiledModule cm(model, x.shape(), nn::CompileOptions().device(dev).fuse(fuse));
+    Stats f = time_region(dev, warmup, reps, [&] { cm.forward(x); });
+    std::printf("RESULT %s forward %.4f %.4f %.4f 0\n", name, f.median, f.min, f.max);
+    size_t base = 0;
+    if (dev.is_cuda()) {
+      cuda::synchronize();
+      base = cuda::bytes_in_use();
+      cuda::reset_peak();
+    }
+    Stats s = time_region(dev, warmup, reps, [&] {
+      for (auto& p : model->parameters()) p->grad = Tensor();
+      cm.forward_backward_grad(x, gy);
+    });
+    size_t peak = dev.is_cuda() ? cuda::peak_bytes_in_use() - base : cm.last_peak_intermediate_bytes();
+    std::printf("RESULT %s train_step %.4f %.4f %.4f %zu\n", name, s.median, s.min, s.max, peak);
+    for (auto& p : model->parameters()) p->grad = Tensor();
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "bench_flagship: error: %s\n", e.what());
+  return 2;
+}

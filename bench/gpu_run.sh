@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The one GPU script: builds (Release, sm_90a), runs the test suite (CUDA cases included), the
+# PyTorch cross-check and the benchmark, and prints a short table last.
+#   bench/gpu_run.sh OUT_DIR [build|test|check|bench|sanitize ...]   (default: all but sanitize)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: bench/gpu_run.sh OUT_DIR [stages...]}
+shift
+STAGES=${*:-build test check bench}
+mkdir -p "$OUT"
+BUILD=${MINIDL_BUILD_DIR:-build-gpu}
+WORK=${MINIDL_WORK_DIR:-/tmp/minidl-work}
+export PYTHONUNBUFFERED=1
+status=0
+summary=()
+stage() { echo; echo "=================== $1"; }
+record() { summary+=("$(printf '%-10s %s' "$1" "$2")"); }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+for s in $STAGES; do
+  case $s in
+    build)
+      stage build
+      t0=$(date +%s)
+      if cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/cmake.log" 2>&1 &&
+         cmake --build "$BUILD" -j "$(nproc)" >"$OUT/build.log" 2>&1; then
+        record build "ok ($(( $(date +%s) - t0 )) s)"
+      else
+        tail -n 60 "$OUT/build.log" "$OUT/cmake.log"; record build FAILED; status=1; break
+      fi
+      grep -E "spill|stack frame" "$OUT/build.log" | sort -u | head -20 || true ;;
+    test)
+      stage test
+      if "$BUILD/minidl_tests" 2>&1 | tee "$OUT/tests.log" | tail -n 25; then :; fi
+      if grep -q "Status: SUCCESS" "$OUT/tests.log"; then record tests "$(grep -E '^\[doctest\] (test cases|assertions)' "$OUT/tests.log" | tr -s ' ' | paste -sd ';')"
+      else record tests "FAILED: $(grep -E '^\[doctest\] (test cases|assertions)' "$OUT/tests.log" | tr -s ' ' | paste -sd ';')"; status=1; fi ;;
+    check)
+      stage crosscheck
+      if python3 bench/crosscheck.py "$BUILD" "$WORK" 2>&1 | tee "$OUT/crosscheck.log" | tail -n 40; then :; fi
+      if grep -q "all bounds met" "$OUT/crosscheck.log"; then record crosscheck "all bounds met"
+      else record crosscheck "FAILED (see crosscheck.log)"; status=1; fi
+      rm -rf "$WORK" ;;
+    bench)
+      stage bench
+      if python3 bench/gpu_bench.py "$BUILD" "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -n 12; then :; fi
+      [ -f "$OUT/RESULTS.md" ] && record bench "table in RESULTS.md" || { record bench FAILED; status=1; } ;;
+    sanitize)
+      stage sanitize
+      for tool in memcheck racecheck; do
+        compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/minidl_tests" -ts='cuda*' -tce='*large*' \
+          >"$OUT/sanitize-$tool.log" 2>&1 && record $tool clean || { record $tool "ERRORS"; status=1; tail -n 30 "$OUT/sanitize-$tool.log"; }
+      done ;;
+    *) echo "unknown stage $s"; status=2 ;;
+  esac
+done
+echo
+echo "=================== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+printf '%s\n' "${summary[@]}"
+[ -f "$OUT/RESULTS.md" ] && tail -n +3 "$OUT/RESULTS.md"
+exit $status

@@ -1,0 +1,92 @@
+// Which ConvTranspose3d configurations the fused CUDA kernel
+// fused_conv_transpose3d_ln_gelu_scale (ops/fused_conv_transpose3d_ln_gelu_scale.cu) handles.
+// Plain C++17 and header-only, so the fusion pass (passes/fuse_conv_ln_gelu_scale.cpp) asks the
+// very rule the kernel enforces, and the two cannot disagree.
+//
+// The kernel splits the stride-2, kernel-4 transposed convolution into its 8 parity phases and
+// keeps one phase class's weights resident in registers (64 output channels x 8 taps x Cin), so
+// it needs: stride 2 and kernel 4 in every dim, Cout = 64, Cin a multiple of 8 up to 32, and an
+// output row of exactly 64 values (W_out = 64, the LayerNorm's normalized size).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+#endif
+
+namespace minidl {
+
+namespace fused_conv_limits {
+constexpr int64_t kCout = 64;    // output channels the tile covers
+constexpr int64_t kWout = 64;    // output row length == LayerNorm normalized size
+constexpr int64_t kMaxCin = 32;  // weights of one phase class must fit in registers
+constexpr int64_t kMaxRows = int64_t(1) << 30;  // N * D_out * H_out rows, indexed in 32 bits
+}  // namespace fused_conv_limits
+
+namespace fused_conv_detail {
+inline std::string ints_str(const std::vector<int64_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "]";
+}
+}  // namespace fused_conv_detail
+
+// "" when the fused kernel supports the configuration, else a short reason.
+// x: [N, Cin, D, H, W]; weight: [Cin, Cout, kD, kH, kW] (PyTorch ConvTranspose3d layout).
+inline std::string fused_conv_unsupported_reason(const Shape& x, const Shape& weight,
+                                                 const std::vector<int64_t>& stride,
+                                                 const std::vector<int64_t>& padding,
+                                                 const std::vector<int64_t>& output_padding,
+                                                 int64_t normalized_size) {
+  using fused_conv_detail::ints_str;
+  namespace L = fused_conv_limits;
+  if (x.size() != 5) return "input must be 5-D [N,C,D,H,W], got " + ints_str(x);
+  if (weight.size() != 5) return "weight must be 5-D [Cin,Cout,kD,kH,kW], got " + ints_str(weight);
+  for (int64_t v : x)
+    if (v <= 0) return "input has an empty dimension: " + ints_str(x);
+  if (weight[0] != x[1])
+    return "weight has " + std::to_string(weight[0]) + " input channels but x has " + std::to_string(x[1]);
+  if (x[1] % 8 != 0 || x[1] > L::kMaxCin)
+    return "Cin must be a multiple of 8 up to 32, got " + std::to_string(x[1]);
+  if (weight[1] != L::kCout) return "Cout must be 64, got " + std::to_string(weight[1]);
+  if (weight[2] != 4 || weight[3] != 4 || weight[4] != 4)
+    return "kernel must be 4 in every dim, got " + ints_str({weight[2], weight[3], weight[4]});
+  if (stride.size() != 3 || stride[0] != 2 || stride[1] != 2 || stride[2] != 2)
+    return "stride must be 2 in every dim, got " + ints_str(stride);
+  if (padding.size() != 3 || padding[0] < 0 || padding[1] < 0 || padding[2] < 0)
+    return "padding must be 3 non-negative values, got " + ints_str(padding);
+  if (output_padding.size() != 3) return "output_padding must have 3 values, got " + ints_str(output_padding);
+  for (int64_t v : output_padding)
+    if (v < 0 || v > 1) return "output_padding must be 0 or 1 (less than the stride), got " + ints_str(output_padding);
+  int64_t out[3];
+  for (int i = 0; i < 3; ++i) {
+    out[i] = (x[2 + i] - 1) * 2 - 2 * padding[i] + 4 + output_padding[i];
+    if (out[i] <= 0) return "output size would be empty: " + ints_str({out[0], out[1], out[2]});
+  }
+  if (normalized_size != L::kWout)
+    return "normalized size must be 64, got " + std::to_string(normalized_size);
+  if (out[2] != L::kWout) return "W_out must equal the normalized size 64, got " + std::to_string(out[2]);
+  if (x[0] * out[0] * out[1] > L::kMaxRows)
+    return "too many output rows (N*D_out*H_out = " + std::to_string(x[0] * out[0] * out[1]) + ")";
+  return "";
+}
+
+#ifdef __CUDACC__
+// Runs the fused forward on `stream`: y = factor * gelu(layer_norm(conv_transpose3d(x, w) + bias)),
+// plus the per-row mean and rstd ([N, Cout, D_out, H_out]) of conv + bias. conv_bias, gamma and
+// beta may be null (zero bias, gamma = 1, beta = 0). The configuration must pass
+// fused_conv_unsupported_reason (else std::invalid_argument). precise = false uses TF32 tensor
+// cores (wgmma, sm_90a); precise = true runs FP32 FMA throughout.
+void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w, const float* conv_bias,
+                                                 const float* gamma, const float* beta, float* y, float* mean,
+                                                 float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H,
+                                                 int64_t W, int64_t Cout, int pad_d, int pad_h, int pad_w,
+                                                 int out_pad_d, int out_pad_h, int out_pad_w, float eps,
+                                                 bool tanh_gelu, float factor, bool precise, cudaStream_t stream);
+#endif
+
+}  // namespace minidl

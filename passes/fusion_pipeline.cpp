@@ -1,0 +1,37 @@
+// The standard pass pipelines and the switch that turns fusion off (MINIDL_NO_FUSE=1), which
+// benchmarks use for the unfused baseline and users for bisecting a suspected fusion bug.
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <string>
+
+#include "passes/fusion.h"
+
+namespace minidl {
+
+bool fusion_enabled() {
+  const char* env = std::getenv("MINIDL_NO_FUSE");
+  if (!env) return true;
+  std::string v(env);
+  std::transform(v.begin(), v.end(), v.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return !(v == "1" || v == "true");
+}
+
+PassManager forward_passes(bool fuse) {
+  PassManager pm("fwd-");
+  if (fuse && fusion_enabled()) {
+    // Order matters: the conv fusion looks for the epilogue the first fusion produces.
+    pm.add({"fuse_ln_gelu_scale", fuse_ln_gelu_scale});
+    pm.add({"fuse_conv_ln_gelu_scale", fuse_conv_ln_gelu_scale});
+  }
+  pm.add({"dce", dead_code_elimination});
+  return pm;
+}
+
+PassManager backward_passes() {
+  PassManager pm("bwd-");
+  pm.add({"dce", dead_code_elimination});
+  return pm;
+}
+
+}  // namespace minidl

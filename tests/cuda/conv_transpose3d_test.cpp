@@ -1,0 +1,100 @@
+// CUDA conv_transpose3d and its gradient ops (TF32 tensor cores) against the CPU kernels in f64:
+// the flagship's stride-2 / kernel-4 / padding-1 configuration at small sizes, the channel
+// counts that take the fast gather path (multiples of 32) and ones that do not, and other
+// strides, kernels, paddings and output paddings (phases with no taps included).
+#include "cuda_op_check.h"
+
+using namespace minidl;
+using namespace minidl_cuda_test;
+
+namespace {
+
+struct ConvCase {
+  Shape x;    // [N, Cin, D, H, W]
+  Shape w;    // [Cin, Cout, kD, kH, kW]
+  std::vector<int64_t> s, p, op;
+  bool bias;
+};
+
+Attrs fwd_attrs(const ConvCase& c) {
+  return Attrs{{"stride", AttrValue::IntList(c.s)}, {"padding", AttrValue::IntList(c.p)},
+               {"output_padding", AttrValue::IntList(c.op)}};
+}
+
+std::vector<ConvCase> cases() {
+  return {
+      {{2, 8, 3, 4, 5}, {8, 16, 4, 4, 4}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, true},   // flagship geometry
+      {{1, 32, 3, 4, 6}, {32, 40, 4, 4, 4}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, true},  // fast path, Cout % 64 != 0
+      {{2, 5, 4, 3, 5}, {5, 32, 3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, false},   // stride 1
+      {{1, 3, 3, 4, 2}, {3, 7, 2, 3, 2}, {3, 2, 3}, {0, 1, 0}, {1, 1, 2}, true},     // taps-free phases, out padding
+      {{1, 6, 2, 3, 4}, {6, 4, 5, 4, 3}, {2, 3, 1}, {2, 1, 0}, {1, 0, 0}, false},    // mixed
+  };
+}
+
+}  // namespace
+
+TEST_SUITE("cuda/conv_transpose3d") {
+  TEST_CASE("forward matches the CPU (TF32)") {
+    if (!minidl_test::require_gpu()) return;
+    uint64_t seed = 100;
+    for (const ConvCase& c : cases()) {
+      const std::string what = "conv_transpose3d x" + shape_str(c.x) + " w" + shape_str(c.w);
+      Tensor x = rand_f32(c.x, seed++, 0.0, 1.0), w = rand_f32(c.w, seed++), b = rand_f32({c.w[1]}, seed++);
+      check_op(what,
+               [&](Graph& g, DType t) {
+                 std::vector<Value*> in{g.add_input("x", c.x, t), g.add_input("w", c.w, t)};
+                 if (c.bias) in.push_back(g.add_input("b", {c.w[1]}, t));
+                 return g.add_node("conv_transpose3d", in, fwd_attrs(c));
+               },
+               c.bias ? std::vector<Tensor>{x, w, b} : std::vector<Tensor>{x, w}, {kTf32Tol});
+    }
+  }
+
+  TEST_CASE("grad_input, grad_weight and grad_bias match the CPU") {
+    if (!minidl_test::require_gpu()) return;
+    uint64_t seed = 200;
+    std::vector<ConvCase> cs = cases();
+    cs.push_back({{2, 16, 3, 4, 4}, {16, 32, 4, 4, 4}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, true});  // Cout % 32 == 0
+    for (const ConvCase& c : cs) {
+      // The output shape from the forward shape rule.
+      Shape y;
+      {
+        Graph g;
+        y = g.add("conv_transpose3d", {g.add_input("x", c.x), g.add_input("w", c.w)}, fwd_attrs(c))->shape();
+      }
+      const std::string what = "x" + shape_str(c.x) + " w" + shape_str(c.w);
+      Tensor x = rand_f32(c.x, seed++, 0.0, 1.0), w = rand_f32(c.w, seed++), dy = rand_f32(y, seed++);
+      Attrs gi{{"stride", AttrValue::IntList(c.s)}, {"padding", AttrValue::IntList(c.p)},
+               {"input_shape", AttrValue::IntList(c.x)}};
+      check_op("grad_input " + what,
+               [&](Graph& g, DType t) {
+                 return g.add_node("conv_transpose3d_grad_input", {g.add_input("dy", y, t), g.add_input("w", c.w, t)}, gi);
+               },
+               {dy, w}, {kTf32Tol});
+      Attrs gw{{"stride", AttrValue::IntList(c.s)}, {"padding", AttrValue::IntList(c.p)},
+               {"kernel_size", AttrValue::IntList({c.w[2], c.w[3], c.w[4]})}};
+      check_op("grad_weight " + what,
+               [&](Graph& g, DType t) {
+                 return g.add_node("conv_transpose3d_grad_weight", {g.add_input("x", c.x, t), g.add_input("dy", y, t)}, gw);
+               },
+               {x, dy}, {kTf32Tol});
+      check_op("grad_bias " + what,
+               [&](Graph& g, DType t) { return g.add_node("conv_transpose3d_grad_bias", {g.add_input("dy", y, t)}); },
+               {rand_f32(y, seed++, 0.0, 1.0)}, {kFp32Tol});
+    }
+  }
+
+  TEST_CASE("grad_weight is deterministic") {
+    if (!minidl_test::require_gpu()) return;
+    ConvCase c{{2, 8, 3, 4, 5}, {8, 16, 4, 4, 4}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, false};
+    const Shape y{2, 16, 6, 8, 10};
+    Attrs gw{{"stride", AttrValue::IntList(c.s)}, {"padding", AttrValue::IntList(c.p)},
+             {"kernel_size", AttrValue::IntList({4, 4, 4})}};
+    auto b = [&](Graph& g, DType t) {
+      return g.add_node("conv_transpose3d_grad_weight", {g.add_input("x", c.x, t), g.add_input("dy", y, t)}, gw);
+    };
+    Tensor x = rand_f32(c.x, 301), dy = rand_f32(y, 302);
+    RunResult r1 = run_cpu_vs_cuda(b, {x, dy}), r2 = run_cpu_vs_cuda(b, {x, dy});
+    CHECK(max_abs_diff(r1.gpu[0], r2.gpu[0]) == 0.0);
+  }
+}
