@@ -6,7 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/gpu_run.sh OUT_DIR [stages...]}
 shift
-STAGES=${*:-build test check bench}
+STAGES=${*:-build test train check bench}
 mkdir -p "$OUT"
 BUILD=${MINIDL_BUILD_DIR:-build-gpu}
 WORK=${MINIDL_WORK_DIR:-/tmp/minidl-work}
@@ -34,6 +34,10 @@ for s in $STAGES; do
       if "$BUILD/minidl_tests" 2>&1 | tee "$OUT/tests.log" | tail -n 25; then :; fi
       if grep -q "Status: SUCCESS" "$OUT/tests.log"; then record tests "$(grep -E '^\[doctest\] (test cases|assertions)' "$OUT/tests.log" | tr -s ' ' | paste -sd ';')"
       else record tests "FAILED: $(grep -E '^\[doctest\] (test cases|assertions)' "$OUT/tests.log" | tr -s ' ' | paste -sd ';')"; status=1; fi ;;
+    train)
+      stage "train (flagship size, GPU)"
+      if "$BUILD/train" --device cuda --steps 60 --print-every 10 --expect-drop 2 --max-seconds 120 2>&1 | tee "$OUT/train.log" | tail -n 8; then :; fi
+      record train "$(grep -E '^train: [0-9]+ steps' "$OUT/train.log" | sed 's/^train: //')" ;;
     check)
       stage crosscheck
       if python3 bench/crosscheck.py "$BUILD" "$WORK" 2>&1 | tee "$OUT/crosscheck.log" | tail -n 40; then :; fi

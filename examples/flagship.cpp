@@ -23,7 +23,7 @@ namespace {
 const char* kUsage =
     "usage: flagship [--device auto|cpu|cuda] [--batch N] [--in-channels C] [--out-channels C] [--dims D,H,W]\n"
     "                [--kernel K] [--stride S] [--padding P] [--eps E] [--scale F] [--approximate none|tanh]\n"
-    "                [--no-fuse] [--dump DIR] [--load DIR] [--save DIR] [--reps N] [--seed S] [--full]\n";
+    "                [--no-fuse] [--precise] [--dump DIR] [--load DIR] [--save DIR] [--reps N] [--seed S] [--full]\n";
 
 double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -52,7 +52,8 @@ double median_ms(Device d, int reps, F f) {
 const std::vector<std::string> kParams = {"conv_transpose.weight", "conv_transpose.bias", "layer_norm.weight",
                                           "layer_norm.bias"};
 
-int run_loaded(Args& a, const examples::FlagshipConfig& cfg, Device dev, bool fuse, const std::string& dump) {
+int run_loaded(Args& a, const examples::FlagshipConfig& cfg, Device dev, bool fuse, bool precise,
+               const std::string& dump) {
   std::string dir = a.get("--load", "");
   std::string save = a.get("--save", "");
   a.finish();
@@ -65,7 +66,7 @@ int run_loaded(Args& a, const examples::FlagshipConfig& cfg, Device dev, bool fu
   auto model = examples::make_flagship(c);
   model->load(dir);
   model->to(dev);
-  nn::CompiledModule cm(model, x.shape(), nn::CompileOptions().device(dev).fuse(fuse).grad_input(true).dump_dir(dump).dtype(x.dtype()));
+  nn::CompiledModule cm(model, x.shape(), nn::CompileOptions().device(dev).fuse(fuse).precise(precise).grad_input(true).dump_dir(dump).dtype(x.dtype()));
   const bool has_grad = std::filesystem::exists(dir + "/grad_y.npy");
   std::printf("flagship: %s on %s, fusion %s\n", c.str().c_str(), dev.str().c_str(), fuse ? "on" : "off");
   if (!has_grad) {
@@ -101,8 +102,9 @@ int main(int argc, char** argv) try {
   bool reduced = false;
   examples::FlagshipConfig cfg = examples::parse_flagship_config(a, dev, &reduced);
   const bool fuse = !a.flag("--no-fuse");
+  const bool precise = a.flag("--precise");
   const std::string dump = a.get("--dump", "");
-  if (a.has("--load")) return run_loaded(a, cfg, dev, fuse, dump);
+  if (a.has("--load")) return run_loaded(a, cfg, dev, fuse, precise, dump);
   MINIDL_CHECK(!a.has("--save"), "flagship: --save needs --load (it saves the results for loaded inputs)");
   const int reps = static_cast<int>(a.get_int("--reps", dev.is_cuda() ? 10 : 3));
   nn::manual_seed(static_cast<uint64_t>(a.get_int("--seed", 0)));
@@ -126,7 +128,7 @@ int main(int argc, char** argv) try {
     size_t nodes_fwd, nodes_train;
   };
   auto run = [&](bool f) {
-    nn::CompiledModule cm(model, x.shape(), nn::CompileOptions().device(dev).fuse(f).grad_input(true).dump_dir(f ? dump : ""));
+    nn::CompiledModule cm(model, x.shape(), nn::CompileOptions().device(dev).fuse(f).precise(precise).grad_input(true).dump_dir(f ? dump : ""));
     Run r;
     r.y = cm.forward(x).cpu();
     for (auto& p : model->parameters()) p->grad = Tensor();

@@ -24,11 +24,14 @@ struct CompileOptions {
   CompileOptions& dump_dir(std::string d) { dump_dir_ = std::move(d); return *this; }
   CompileOptions& dtype(DType t) { dtype_ = t; return *this; }
   CompileOptions& grad_input(bool g) { grad_input_ = g; return *this; }  // also compute d/dx
+  // FP32-accurate fused convolution (3xTF32) instead of TF32, for users who turn TF32 off.
+  CompileOptions& precise(bool p) { precise_ = p; return *this; }
   Device device_ = Device::cpu();
   bool fuse_ = true;
   std::string dump_dir_;  // empty: MINIDL_DUMP_DIR if set
   DType dtype_ = DType::F32;
   bool grad_input_ = false;
+  bool precise_ = false;
 };
 
 struct StepResult {

@@ -55,7 +55,7 @@ ChainPattern conv_ln_gelu_scale_pattern() {
                       {single_consumer_chain, conv_groups_is_one, operands_fit, kernel_supports_shapes}};
 }
 
-bool fuse_conv_ln_gelu_scale(Graph& g) {
+bool fuse_conv_ln_gelu_scale(Graph& g, bool precise) {
   MatchResult r = match_chains(g, conv_ln_gelu_scale_pattern());
   for (const ChainMatch& m : r.legal) {
     Node* conv = m.nodes[0];
@@ -67,7 +67,7 @@ bool fuse_conv_ln_gelu_scale(Graph& g) {
                 {"eps", ep->attrs.get("eps")},
                 {"approximate", ep->attrs.get("approximate")},
                 {"factor", ep->attrs.get("factor")},
-                {"precise", AttrValue::Bool(false)}};
+                {"precise", AttrValue::Bool(precise)}};
     Node* fused = g.add_node("fused_conv_transpose3d_ln_gelu_scale",
                              {conv->inputs[0], conv->inputs[1], conv_bias, ep->inputs[1], ep->inputs[2]}, attrs);
     // y, mean and rstd all move over: after the first fusion, the stats may feed a backward.

@@ -12,7 +12,9 @@
 namespace minidl {
 
 bool fuse_ln_gelu_scale(Graph& g);
-bool fuse_conv_ln_gelu_scale(Graph& g);
+// precise: the fused kernel computes in FP32 accuracy (3xTF32) instead of TF32, for users who
+// turn TF32 off.
+bool fuse_conv_ln_gelu_scale(Graph& g, bool precise = false);
 bool fusion_enabled();
 
 // The patterns (ops and legality predicates) behind the two fusions, so tests and tools can ask
@@ -20,8 +22,9 @@ bool fusion_enabled();
 ChainPattern ln_gelu_scale_pattern();
 ChainPattern conv_ln_gelu_scale_pattern();
 
-// The forward pipeline: fusions (if enabled and `fuse`), then dead-code elimination.
-PassManager forward_passes(bool fuse);
+// The forward pipeline: fusions (if enabled and `fuse`), then dead-code elimination. `precise`
+// is handed to the conv fusion (also set by MINIDL_PRECISE=1).
+PassManager forward_passes(bool fuse, bool precise = false);
 // Passes over the graph once backward nodes are appended: dead-code elimination.
 PassManager backward_passes();
 

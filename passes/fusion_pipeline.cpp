@@ -9,20 +9,23 @@
 
 namespace minidl {
 
-bool fusion_enabled() {
-  const char* env = std::getenv("MINIDL_NO_FUSE");
-  if (!env) return true;
+static bool env_flag(const char* name) {
+  const char* env = std::getenv(name);
+  if (!env) return false;
   std::string v(env);
   std::transform(v.begin(), v.end(), v.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return !(v == "1" || v == "true");
+  return v == "1" || v == "true";
 }
 
-PassManager forward_passes(bool fuse) {
+bool fusion_enabled() { return !env_flag("MINIDL_NO_FUSE"); }
+
+PassManager forward_passes(bool fuse, bool precise) {
+  precise = precise || env_flag("MINIDL_PRECISE");
   PassManager pm("fwd-");
   if (fuse && fusion_enabled()) {
     // Order matters: the conv fusion looks for the epilogue the first fusion produces.
     pm.add({"fuse_ln_gelu_scale", fuse_ln_gelu_scale});
-    pm.add({"fuse_conv_ln_gelu_scale", fuse_conv_ln_gelu_scale});
+    pm.add({"fuse_conv_ln_gelu_scale", [precise](Graph& g) { return fuse_conv_ln_gelu_scale(g, precise); }});
   }
   pm.add({"dce", dead_code_elimination});
   return pm;

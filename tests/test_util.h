@@ -21,7 +21,6 @@ inline bool require_gpu() {
                 minidl::cuda::built_with_cuda() ? "" : " (built without CUDA)");
     said = true;
   }
-  MESSAGE("skipped: no CUDA device");
   return false;
 }
 

@@ -102,6 +102,32 @@ TEST_CASE("conv_transpose3d -> layer_norm -> gelu -> scale becomes one node in t
   CHECK_FALSE(fuse_conv_ln_gelu_scale(*g));
 }
 
+TEST_CASE("precise mode is carried into the fused op, through the pipeline and MINIDL_PRECISE") {
+  auto g = load_pass_input("conv_ln_gelu_scale");
+  fuse_ln_gelu_scale(*g);
+  CHECK(fuse_conv_ln_gelu_scale(*g, /*precise=*/true));
+  const Node* fused = nullptr;
+  for (const Node* n : g->nodes())
+    if (n->op == kFusedConv) fused = n;
+  REQUIRE(fused != nullptr);
+  CHECK(fused->attrs.get_bool("precise"));
+
+  auto run_pipeline = [](bool precise) {
+    auto h = load_pass_input("conv_ln_gelu_scale");
+    forward_passes(true, precise).run(*h);
+    for (const Node* n : h->nodes())
+      if (n->op == kFusedConv) return n->attrs.get_bool("precise");
+    FAIL("no fused conv node");
+    return false;
+  };
+  CHECK(run_pipeline(true));
+  CHECK_FALSE(run_pipeline(false));
+  {
+    ScopedEnv env("MINIDL_PRECISE", "1");
+    CHECK(run_pipeline(false));
+  }
+}
+
 TEST_CASE("a conv without bias fuses with an omitted bias operand") {
   auto g = load_pass_input("conv_no_bias");
   fuse_both(*g);
