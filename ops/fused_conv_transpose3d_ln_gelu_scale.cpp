@@ -3,7 +3,8 @@
 // = fused_ln_gelu_scale(conv_transpose3d(x, conv_weight, conv_bias)). The CPU kernel runs the two
 // CPU kernels back to back through a temporary; `precise` only matters to the CUDA kernel (FP32
 // instead of TF32 tensor cores). The gradient rule recomputes the conv output z as a graph node
-// instead of keeping it, then emits the fused epilogue backward and the three conv gradients.
+// instead of keeping it, then emits the fused epilogue backward and the conv gradients (the conv
+// bias gradient is exactly zero; see the rule).
 #include "ops/op_util.h"
 
 namespace minidl {
@@ -64,8 +65,14 @@ OpSchema schema() {
     Node* bw = g.add_node("fused_ln_gelu_scale_backward",
                           {ctx.grad_out(0), z, ctx.in(3), ctx.in(4), ctx.out(1), ctx.out(2)},
                           ops::pick_attrs(ctx.attrs(), {"eps", "approximate", "factor"}));
-    std::vector<Value*> conv = ops::conv_transpose3d_grads(g, bw->output(0), x, cw, cb, ctx.attrs());
-    return {conv[0], conv[1], conv[2], bw->output(1), bw->output(2)};
+    std::vector<Value*> conv = ops::conv_transpose3d_grads(g, bw->output(0), x, cw, nullptr, ctx.attrs());
+    // The conv bias varies over channels only, so it is constant along every normalized (last-dim)
+    // row and the LayerNorm subtracts it again: y does not depend on it, and its gradient is
+    // exactly zero. Writing zeros saves a reduction over the whole 1 GiB dZ.
+    Value* dcb = cb ? g.add("full", {}, Attrs{{"shape", AttrValue::IntList(cb->shape())}, {"value", AttrValue::Float(0)},
+                                             {"dtype", AttrValue::Str(dtype_name(cb->dtype()))}})
+                    : nullptr;
+    return {conv[0], conv[1], dcb, bw->output(1), bw->output(2)};
   };
   return s;
 }

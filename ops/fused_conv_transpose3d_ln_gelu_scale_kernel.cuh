@@ -11,19 +11,22 @@
 //    ow = 2u + q (u = 0..31, q = ow parity) use taps kw = ((q+pw)&1) + 2c, c in {0,1}, at
 //    iw = u + ((q+pw)>>1) - c.
 //  * Work item = one output row (n, od, oh): all 64 co x all 64 ow, K = Cin x 8 taps = 256.
-//    Warpgroup q computes the GEMM D[co 64][u 32] = W_q[co][k] * X[k][u] with wgmma m64n32k8:
-//    A (weights) from registers, B (inputs) from shared memory.
-//  * Weights stay in registers: one class's A fragments for one q are 64 x 256 values = 128 per
-//    thread, loaded once per class change (a persistent block walks items sorted by class).
-//  * Inputs: per item a slab S[ci][row][ab] of Cin x 34 rows x 4 floats (ab = the (id, ih) pair,
+//    Per ow parity q it is the GEMM D[co 64][u 32] = W_q[co][k] * X[k][u]; wgmma m64n32k8 with
+//    A (weights) from registers and B (inputs) from shared memory.
+//  * Weights stay in registers. Four warpgroups w = (q, c) = (w & 1, w >> 1) each own ow parity q
+//    and kw tap c, i.e. half of K: 64 A-fragment registers per thread, so 16 warps fit under the
+//    128-register cap. They are loaded once per class change (a persistent block walks a
+//    contiguous range of items sorted by class). The two c halves meet in the staging tile.
+//  * Inputs: per item a slab S[ci][row][ab] of Cin x 40 rows x 4 floats (ab = the (id, ih) pair,
 //    row = iw - iw_min) is gathered by 4-byte cp.async with zero fill for out-of-range taps. It is
 //    the K-major, no-swizzle layout wgmma wants: a core matrix (8 u-rows x 4 k) is 128 contiguous
 //    bytes, the next 4 k (next ci) is kSlabRows*16 bytes on, and the shift by c or q is just a
 //    16-byte offset of the descriptor's start address: an implicit im2col with no copies.
-//  * Pipeline per item r: barrier; issue the 32 async wgmmas of r; meanwhile run the epilogue
-//    of item r-1 from the staging tile and issue cp.async for item r+2; wait; write the
-//    accumulators to the staging tile [co][q][u]. The epilogue (bias, LayerNorm over 64 values
-//    per co in a half warp, GELU, scale) streams 16-byte stores of whole 256-byte rows.
+//  * Pipeline per item r (all warps, one barrier): issue the 16 async wgmmas of r; meanwhile run
+//    the epilogue of item r-1 from the staging tiles and gather item r+2 with cp.async; wait;
+//    write this warpgroup's partial tile [c][co][q][u]. The epilogue (sum of the two partials,
+//    LayerNorm over 64 values per co in 8 lanes, GELU, scale) streams 16-byte stores of whole
+//    256-byte rows; the conv bias only shifts the saved mean.
 //  * All element offsets into x, y, mean and rstd are 64-bit.
 // The precise (FP32) kernel is a plain direct convolution per row with the same epilogue.
 #pragma once
@@ -38,8 +41,8 @@
 namespace minidl {
 namespace fused_conv_detail {
 
-constexpr int kThreads = 256;   // two warpgroups: warpgroup q computes ow parity q
-constexpr int kSlabRows = 36;   // 34 used (iw_min .. iw_min + 33), padded
+constexpr int kThreads = 512;   // four warpgroups: (ow parity q, kw tap c) = (w & 1, w >> 1)
+constexpr int kSlabRows = 40;   // 34 used (iw_min .. iw_min + 33); 40 = 5 blocks of 8, no edge test
 constexpr int kStageLd = 72;    // staging row per co: [q0: 32 u][q1: 32 u][8 pad] (bank-conflict free)
 constexpr int kMaxCin = 32;
 // Bit 0: alternative A-fragment k order; bit 1: swapped LBO/SBO. The standalone check probes all
@@ -91,6 +94,24 @@ __device__ __forceinline__ Item decode_item(const Geometry& g, int i) {
   it.od = (pdp ? g.od01 : g.od00) + 2 * odi;
   it.oh = (php ? g.oh01 : g.oh00) + 2 * ohi;
   return it;
+}
+
+// The item after `it` in the same order as decode_item (oh fastest, then od, n, class): a few
+// compares instead of the divisions of decode_item.
+__device__ __forceinline__ void advance_item(const Geometry& g, Item& it) {
+  it.oh += 2;
+  if (it.oh < g.Hout) return;
+  it.od += 2;
+  it.oh = (it.cls & 1) ? g.oh01 : g.oh00;
+  if (it.od < g.Dout) return;
+  it.od = (it.cls >> 1) ? g.od01 : g.od00;
+  if (++it.n < g.N) return;
+  it.n = 0;
+  do {  // next non-empty class
+    ++it.cls;
+  } while (it.cls < 3 && ((it.cls >> 1) ? g.cntD1 : g.cntD0) * ((it.cls & 1) ? g.cntH1 : g.cntH0) == 0);
+  it.od = (it.cls >> 1) ? g.od01 : g.od00;
+  it.oh = (it.cls & 1) ? g.oh01 : g.oh00;
 }
 
 // ---------------------------------------------------------------- small PTX wrappers
@@ -172,179 +193,262 @@ __global__ void prep_weights_kernel(const float* __restrict__ w, int pw, int var
 }
 
 // ---------------------------------------------------------------- TF32 tensor-core kernel
+__device__ __forceinline__ float ex2_approx(float v) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(v));
+  return r;
+}
+__device__ __forceinline__ float rcp_approx(float v) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(v));
+  return r;
+}
+
+// factor * gelu(x), exact-erf GELU through Abramowitz & Stegun 7.1.26: with a = |x|,
+// Q(a) = erfc(a/sqrt2)/2 = t P(t) exp(-a^2/2), t = 1/(1 + 0.3275911 a/sqrt2) (|erf error| <= 1.5e-7),
+// and gelu(x) = max(x, 0) - a Q(a) for either sign. Branch-free, 2 MUFU ops and 13 others;
+// in float32 over [-8, 8] |gelu error| <= 3.4e-7 (TF32 leaves ~1e-3 relative error in y).
+__device__ __forceinline__ float gelu_erf_fast(float x, float factor) {
+  const float ax = fabsf(x);
+  const float t = rcp_approx(fmaf(0.3275911f * 0.7071067811865476f, ax, 1.0f));
+  float P = fmaf(t, 0.5f * 1.061405429f, 0.5f * -1.453152027f);  // 0.5 folded into P
+  P = fmaf(t, P, 0.5f * 1.421413741f);
+  P = fmaf(t, P, 0.5f * -0.284496736f);
+  P = fmaf(t, P, 0.5f * 0.254829592f);
+  const float q = (t * P) * ex2_approx((x * x) * (-0.5f * 1.4426950408889634f));
+  return (fmaxf(x, 0.f) - ax * q) * factor;
+}
+template <bool TANH>
+__device__ __forceinline__ float gelu_scaled(float u, float factor) {
+  if (TANH) return gelu_f<true>(u) * factor;
+  return gelu_erf_fast(u, factor);
+}
+
+// 4-byte cp.async; when `ignore` is set, zeros are written instead (out-of-range taps).
+__device__ __forceinline__ void cp_async4_zfill(uint32_t dst, const float* src, uint32_t ignore_mask, uint32_t bit) {
+  asm volatile(
+      "{\n.reg .pred p;\n.reg .b32 t;\nand.b32 t, %2, %3;\nsetp.ne.b32 p, t, 0;\n"
+      "cp.async.ca.shared.global [%0], [%1], 4, p;\n}\n" ::"r"(dst),
+      "l"(src), "r"(ignore_mask), "r"(bit)
+      : "memory");
+}
+
+// Gather of one item's slab S[ci][row][ab] (row = iw - iw_min, ab = a*2 + b): lane = (r8, ab)
+// fills rows r8 + 8*blk (blk = 0..4) of channels ci = warp + 16 j. Per thread and item this is a
+// pointer and a mask; each element is one cp.async with immediate offsets. Sources of ignored
+// (zero-filled) elements are never read.
 template <int CIN>
-__device__ __forceinline__ void load_slab(const Geometry& g, const float* __restrict__ x, float* dst, const Item& it,
-                                          int warp, int lane) {
-  const int ab = lane & 3, r8 = lane >> 2;
+__device__ __forceinline__ void load_slab(const Geometry& g, const float* __restrict__ x, uint32_t dst_thread,
+                                          const Item& it, int ab, int iw0, uint32_t iw_bad, int warp) {
   const int id = ((it.od + g.pd) >> 1) - (ab >> 1);
   const int ih = ((it.oh + g.ph) >> 1) - (ab & 1);
   const bool rowok = id >= 0 && id < g.D && ih >= 0 && ih < g.H;
-  const int iw_min = (g.pw >> 1) - 1;
+  const uint32_t ignore = rowok ? iw_bad : 0x1Fu;
   const int64_t chan = (int64_t)g.D * g.H * g.W;
-  const float* src_row = x + (((int64_t)it.n * CIN * g.D + (rowok ? id : 0)) * g.H + (rowok ? ih : 0)) * g.W;
-  const uint32_t dst0 = smem_u32(dst) + (r8 * 4 + ab) * 4;
+  const float* src = x + (((int64_t)it.n * CIN + warp) * g.D + (rowok ? id : 0)) * ((int64_t)g.H * g.W) +
+                     ((rowok ? ih : 0) * g.W + iw0);
 #pragma unroll
-  for (int cw = 0; cw < CIN / 8; ++cw) {
-    const int ci = warp + 8 * cw;
+  for (int j = 0; j < (CIN + 15) / 16; ++j) {
+    if (CIN % 16 == 0 || warp + 16 * j < CIN) {
+      const float* sj = src + j * 16 * chan;
+      const uint32_t dj = dst_thread + j * 16 * kSlabRows * 16;
 #pragma unroll
-    for (int blk = 0; blk < 5; ++blk) {
-      const int row = blk * 8 + r8;
-      if (row < 34) {
-        const int iw = iw_min + row;
-        const bool ok = rowok && iw >= 0 && iw < g.W;
-        const float* src = ok ? src_row + ci * chan + iw : x;
-        cp_async4(dst0 + (ci * kSlabRows + blk * 8) * 16, src, ok ? 4u : 0u);
-      }
+      for (int blk = 0; blk < 5; ++blk) cp_async4_zfill(dj + blk * 128, sj + blk * 8, ignore, 1u << blk);
     }
   }
 }
 
-// LayerNorm + GELU + scale of one staged row tile [co][q][u] (+ conv bias); a half warp owns one
-// co row of 64 values, lane l16 holds ow = 4*l16 .. 4*l16+3.
-template <bool TANH>
-__device__ __forceinline__ void epilogue_row(const Params& p, const float* st, const Item& it, int warp, int half,
-                                             int l16, const float (&gam)[4], const float (&bet)[4],
-                                             const float (&bco)[4]) {
-  const Geometry& g = p.g;
-  const int64_t plane = (int64_t)g.Dout * g.Hout;
-  const int64_t row0 = ((int64_t)it.n * 64 * g.Dout + it.od) * g.Hout + it.oh;
-#pragma unroll
-  for (int pp = 0; pp < 4; ++pp) {
-    const int co = pp * 16 + warp * 2 + half;
-    const float2 a = *reinterpret_cast<const float2*>(st + co * kStageLd + 2 * l16);
-    const float2 b = *reinterpret_cast<const float2*>(st + co * kStageLd + 32 + 2 * l16);
-    float v[4] = {a.x + bco[pp], b.x + bco[pp], a.y + bco[pp], b.y + bco[pp]};
-    float s = (v[0] + v[1]) + (v[2] + v[3]);
-#pragma unroll
-    for (int o = 8; o >= 1; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    const float mu = s * (1.f / 64.f);
-    float ss = 0.f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      v[i] -= mu;
-      ss = fmaf(v[i], v[i], ss);
-    }
-#pragma unroll
-    for (int o = 8; o >= 1; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    const float rs = rsqrtf(ss * (1.f / 64.f) + p.eps);
-    float4 o4;
-    o4.x = gelu_f<TANH>(fmaf(v[0] * rs, gam[0], bet[0])) * p.factor;
-    o4.y = gelu_f<TANH>(fmaf(v[1] * rs, gam[1], bet[1])) * p.factor;
-    o4.z = gelu_f<TANH>(fmaf(v[2] * rs, gam[2], bet[2])) * p.factor;
-    o4.w = gelu_f<TANH>(fmaf(v[3] * rs, gam[3], bet[3])) * p.factor;
-    const int64_t row = row0 + co * plane;
-    __stcs(reinterpret_cast<float4*>(p.y + row * 64 + 4 * l16), o4);
-    if (l16 == 0) {
-      p.mean[row] = mu;
-      p.rstd[row] = rs;
-    }
-  }
-}
-
-template <int CIN, bool TANH>
+// Four warpgroups; warpgroup w = (q = w & 1, c = w >> 1) keeps the A fragments of ow parity q and
+// kw tap c (half of K: 64 registers per thread) resident, so all 16 warps fit in 128 registers.
+// Every warp does everything, in this order per item r:
+//   barrier (slab r landed, partial tiles of r-1 complete) -> issue the 16 async wgmmas of
+//   item r -> epilogue of item r-1 (sum of the two c partials, LayerNorm, GELU, stores) ->
+//   cp.async gather of item r+2 -> wait for the wgmmas -> write the partial tile of r.
+// MODE (profiling only, bench/standalone): 0 = the kernel; 1 = no wgmma; 2 = no epilogue math
+// (staged values stored as they are); 3 = no input gather; 4 = wgmma only; 5 = epilogue only;
+// 6 = gather only.
+template <int CIN, bool TANH, int MODE = 0>
 __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params p) {
+  constexpr bool kMma = MODE != 1 && MODE != 5 && MODE != 6;
+  constexpr bool kGather = MODE != 3 && MODE != 4 && MODE != 5;
+  constexpr bool kEpi = MODE != 4 && MODE != 6;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   constexpr int kSlabFloats = CIN * kSlabRows * 4;
+  constexpr int kStageFloats = 2 * 64 * kStageLd;  // two c partials of [co][q][u]
+  constexpr int KS = CIN / 2;                      // k-steps per warpgroup
   float* const slabs = reinterpret_cast<float*>(smem_raw);
   float* const stages = slabs + 3 * kSlabFloats;
   const Geometry& g = p.g;
 
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int q = tid >> 7, wtid = tid & 127;
   const int it0 = (int)((int64_t)blockIdx.x * g.total / gridDim.x);
   const int it1 = (int)((int64_t)(blockIdx.x + 1) * g.total / gridDim.x);
   if (it0 >= it1) return;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;  // warp 0..15
+  const int wg = tid >> 7, q = wg & 1, c = wg >> 1, wtid = tid & 127;
 
-  // Epilogue constants: a half warp owns one co row, lane l16 its ow = 4*l16 .. 4*l16+3.
-  const int half = lane >> 4, l16 = lane & 15;
-  float gam[4], bet[4], bco[4];
+  // Slab gather constants of this thread (see load_slab).
+  const int g_ab = lane & 3, g_r8 = lane >> 2;
+  const int g_iw0 = (g.pw >> 1) - 1 + g_r8;  // iw of row r8 (block 0)
+  uint32_t g_iw_bad = 0;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    gam[i] = p.gamma ? p.gamma[4 * l16 + i] : 1.f;
-    bet[i] = p.beta ? p.beta[4 * l16 + i] : 0.f;
-    bco[i] = p.bias ? p.bias[i * 16 + warp * 2 + half] : 0.f;
+  for (int blk = 0; blk < 5; ++blk) {
+    const int iw = g_iw0 + 8 * blk;
+    if (iw < 0 || iw >= g.W) g_iw_bad |= 1u << blk;
   }
+  const uint32_t g_dst = smem_u32(slabs) + ((warp * kSlabRows + g_r8) * 4 + g_ab) * 4;
 
-  // B descriptor: no swizzle, K-major. LBO = next 4 k (next ci), SBO = next 8 rows of u.
+  // B descriptor (no swizzle, K-major): LBO = next 4 k (next ci), SBO = next 8 rows of u.
   const uint32_t lbo = kSlabRows * 16, sbo = 128;
-  const uint64_t desc_hi = (p.variant & 2) ? ((uint64_t)(sbo >> 4) << 16) | ((uint64_t)(lbo >> 4) << 32)
-                                           : ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
-  const int row_off0 = ((q + g.pw) >> 1) - (g.pw >> 1) + 1;  // slab row of u = 0 for tap c = 0
+  const uint32_t desc_w0 = ((p.variant & 2) ? (sbo >> 4) : (lbo >> 4)) << 16;
+  const uint32_t desc_w1 = (p.variant & 2) ? (lbo >> 4) : (sbo >> 4);
+  const int row_off = ((q + g.pw) >> 1) - (g.pw >> 1) + 1 - c;  // slab row of u = 0
 
-  uint32_t wa[CIN * 4];
+  // Epilogue: 8 lanes own one co row of 64 values (lane l8: ow = 4*l8..+3 and 32+4*l8..+3).
+  // Rows co and co+2 share a half warp: with kStageLd = 72 their 64-bit loads hit disjoint banks.
+  const int qq = lane >> 3, l8 = lane & 7;
+  const int co_e = warp * 4 + (((qq & 1) << 1) | (qq >> 1));
+  // gamma / beta of this lane's 8 columns stay in registers (shared-memory bandwidth is scarce).
+  float gam[8], bet[8];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    gam[j] = p.gamma ? p.gamma[4 * l8 + j] : 1.f;
+    gam[4 + j] = p.gamma ? p.gamma[32 + 4 * l8 + j] : 1.f;
+    bet[j] = p.beta ? p.beta[4 * l8 + j] : 0.f;
+    bet[4 + j] = p.beta ? p.beta[32 + 4 * l8 + j] : 0.f;
+  }
+  const float bias_e = p.bias ? p.bias[co_e] : 0.f;
+  const int64_t co_off = co_e * ((int64_t)g.Dout * g.Hout);  // row offset of channel co_e
+
+  // LayerNorm + GELU + scale of one finished item from its two partial tiles.
+  auto epilogue = [&](const float* stage, const Item& it) {
+    const float* st = stage + co_e * kStageLd + 2 * l8;
+    float v[8];
+    {
+      const float2 a0 = *reinterpret_cast<const float2*>(st);
+      const float2 a1 = *reinterpret_cast<const float2*>(st + 32);
+      const float2 b0 = *reinterpret_cast<const float2*>(st + 16);
+      const float2 b1 = *reinterpret_cast<const float2*>(st + 48);
+      const float2 c0 = *reinterpret_cast<const float2*>(st + 64 * kStageLd);
+      const float2 c1 = *reinterpret_cast<const float2*>(st + 64 * kStageLd + 32);
+      const float2 d0 = *reinterpret_cast<const float2*>(st + 64 * kStageLd + 16);
+      const float2 d1 = *reinterpret_cast<const float2*>(st + 64 * kStageLd + 48);
+      v[0] = a0.x + c0.x; v[1] = a1.x + c1.x; v[2] = a0.y + c0.y; v[3] = a1.y + c1.y;
+      v[4] = b0.x + d0.x; v[5] = b1.x + d1.x; v[6] = b0.y + d0.y; v[7] = b1.y + d1.y;
+    }
+    if (MODE == 2) {
+      const int64_t row = ((int64_t)it.n * 64 * g.Dout + it.od) * g.Hout + it.oh + co_off;
+      __stcs(reinterpret_cast<float4*>(p.y + row * 64 + 4 * l8), make_float4(v[0], v[1], v[2], v[3]));
+      __stcs(reinterpret_cast<float4*>(p.y + row * 64 + 32 + 4 * l8), make_float4(v[4], v[5], v[6], v[7]));
+      return;
+    }
+    float s8 = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+    s8 += __shfl_xor_sync(0xffffffffu, s8, 4);
+    s8 += __shfl_xor_sync(0xffffffffu, s8, 2);
+    s8 += __shfl_xor_sync(0xffffffffu, s8, 1);
+    const float mu = s8 * (1.f / 64.f);
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      v[i] -= mu;
+      ss = fmaf(v[i], v[i], ss);
+    }
+    ss += __shfl_xor_sync(0xffffffffu, ss, 4);
+    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+    const float rs = rsqrtf(ss * (1.f / 64.f) + p.eps);
+    float o[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[i] = gelu_scaled<TANH>(fmaf(v[i] * rs, gam[i], bet[i]), p.factor);
+    const int64_t row = ((int64_t)it.n * 64 * g.Dout + it.od) * g.Hout + it.oh + co_off;
+    float* yrow = p.y + row * 64 + 4 * l8;
+    __stcs(reinterpret_cast<float4*>(yrow), make_float4(o[0], o[1], o[2], o[3]));
+    __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(o[4], o[5], o[6], o[7]));
+    if (l8 == 0) {
+      p.mean[row] = mu + bias_e;  // the bias shifts z, so it shifts the mean and nothing else
+      p.rstd[row] = rs;
+    }
+  };
+
+  uint32_t wa[KS * 4];
   float acc[16];
   int cur_cls = -1;
 
-  load_slab<CIN>(g, p.x, slabs, decode_item(g, it0), warp, lane);
+  Item cur = decode_item(g, it0);  // item r
+  Item pre = cur;                  // item r + 2 (the next slab to gather)
+  if (kGather) load_slab<CIN>(g, p.x, g_dst, pre, g_ab, g_iw0, g_iw_bad, warp);
   cp_async_commit();
-  if (it0 + 1 < it1) load_slab<CIN>(g, p.x, slabs + kSlabFloats, decode_item(g, it0 + 1), warp, lane);
+  advance_item(g, pre);
+  if (it0 + 1 < it1 && kGather) load_slab<CIN>(g, p.x, g_dst + kSlabFloats * 4, pre, g_ab, g_iw0, g_iw_bad, warp);
   cp_async_commit();
+  advance_item(g, pre);
 
-  Item prev = {0, 0, 0, 0};
-  int sb = 0;  // slab buffer of item r
+  Item prev = cur;
+  int sb = 0;
   for (int r = it0; r < it1; ++r) {
     cp_async_wait<1>();
     fence_proxy_async();
     __syncthreads();
 
-    const Item cur = decode_item(g, r);
-    if (cur.cls != cur_cls) {
-      const float4* src = g_wprep + (size_t)(cur.cls * 2 + q) * CIN * 128 + wtid;
+    {  // issue the 16 wgmmas of item r
+      if (cur.cls != cur_cls) {
+        const float4* src = g_wprep + ((size_t)(cur.cls * 2 + q) * CIN + c * KS) * 128 + wtid;
 #pragma unroll
-      for (int s = 0; s < CIN; ++s) {
-        const float4 v = src[s * 128];
-        wa[4 * s + 0] = __float_as_uint(v.x);
-        wa[4 * s + 1] = __float_as_uint(v.y);
-        wa[4 * s + 2] = __float_as_uint(v.z);
-        wa[4 * s + 3] = __float_as_uint(v.w);
+        for (int s = 0; s < KS; ++s) {
+          const float4 v = src[s * 128];
+          wa[4 * s + 0] = __float_as_uint(v.x);
+          wa[4 * s + 1] = __float_as_uint(v.y);
+          wa[4 * s + 2] = __float_as_uint(v.z);
+          wa[4 * s + 3] = __float_as_uint(v.w);
+        }
+        cur_cls = cur.cls;
       }
-      cur_cls = cur.cls;
-    }
-    const uint32_t base = smem_u32(slabs + sb * kSlabFloats) + row_off0 * 16;
-    const uint64_t desc0 = desc_hi | (uint64_t)((base >> 4) & 0x3FFF);
+      const uint32_t base = smem_u32(slabs + sb * kSlabFloats) + row_off * 16;
+      const uint32_t lo0 = ((base >> 4) & 0x3FFF) | desc_w0;
 #pragma unroll
-    for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
-    wgmma_fence();
+      for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
+      wgmma_fence();
 #pragma unroll
-    for (int s = 0; s < CIN; ++s) {
-      const int c = s / (CIN / 2);
-      const int ci0 = (s % (CIN / 2)) * 2;
-      const uint64_t desc = desc0 + (uint64_t)((ci0 * kSlabRows * 16 - c * 16) >> 4);
-      if (s == 0)
-        wgmma_m64n32k8<0>(acc, wa[0], wa[1], wa[2], wa[3], desc);
-      else
-        wgmma_m64n32k8<1>(acc, wa[4 * s], wa[4 * s + 1], wa[4 * s + 2], wa[4 * s + 3], desc);
+      for (int s = 0; s < (kMma ? KS : 0); ++s) {
+        const uint64_t desc = ((uint64_t)desc_w1 << 32) | (uint64_t)(lo0 + (uint32_t)(2 * s * kSlabRows));
+        if (s == 0)
+          wgmma_m64n32k8<0>(acc, wa[0], wa[1], wa[2], wa[3], desc);
+        else
+          wgmma_m64n32k8<1>(acc, wa[4 * s], wa[4 * s + 1], wa[4 * s + 2], wa[4 * s + 3], desc);
+      }
+      wgmma_commit();
     }
-    wgmma_commit();
 
-    // Epilogue of item r-1 while the tensor cores work on item r.
-    if (r > it0) epilogue_row<TANH>(p, stages + ((r - 1) & 1) * (64 * kStageLd), prev, warp, half, l16, gam, bet, bco);
+    if (kEpi && r > it0) epilogue(stages + ((r - 1) & 1) * kStageFloats, prev);  // overlaps item r's wgmmas
 
     if (r + 2 < it1) {
-      const int sb2 = sb == 0 ? 2 : sb - 1;  // (sb + 2) % 3
-      load_slab<CIN>(g, p.x, slabs + sb2 * kSlabFloats, decode_item(g, r + 2), warp, lane);
+      const int sb2 = sb == 0 ? 2 : sb - 1;  // (sb + 2) % 3: last read by item r-1's wgmmas, done
+      if (kGather) load_slab<CIN>(g, p.x, g_dst + sb2 * kSlabFloats * 4, pre, g_ab, g_iw0, g_iw_bad, warp);
+      advance_item(g, pre);
     }
     cp_async_commit();
 
-    wgmma_wait<0>();
+    {  // wait for them and write this warpgroup's partial tile of item r
+      wgmma_wait<0>();
 #pragma unroll
-    for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
-    // Accumulator fragment: rows co = 16*wq + g (+8), cols u = 8j + 2t (+1).
-    float* st = stages + (r & 1) * (64 * kStageLd);
-    const int co = 16 * (warp & 3) + (lane >> 2);
-    const int u = 2 * (lane & 3);
+      for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
+      // Accumulator fragment: rows co = 16*wq + g (+8), cols u = 8j + 2t (+1).
+      float* st = stages + (r & 1) * kStageFloats + c * (64 * kStageLd);
+      const int co = 16 * (warp & 3) + (lane >> 2);
+      const int u = 2 * (lane & 3);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      *reinterpret_cast<float2*>(st + co * kStageLd + q * 32 + 8 * j + u) = make_float2(acc[4 * j], acc[4 * j + 1]);
-      *reinterpret_cast<float2*>(st + (co + 8) * kStageLd + q * 32 + 8 * j + u) =
-          make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+      for (int j = 0; j < 4; ++j) {
+        *reinterpret_cast<float2*>(st + co * kStageLd + q * 32 + 8 * j + u) = make_float2(acc[4 * j], acc[4 * j + 1]);
+        *reinterpret_cast<float2*>(st + (co + 8) * kStageLd + q * 32 + 8 * j + u) =
+            make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+      }
     }
     prev = cur;
+    advance_item(g, cur);
     sb = sb == 2 ? 0 : sb + 1;
   }
-  __syncthreads();
-  epilogue_row<TANH>(p, stages + ((it1 - 1) & 1) * (64 * kStageLd), prev, warp, half, l16, gam, bet, bco);
   cp_async_wait<0>();
+  __syncthreads();
+  if (kEpi) epilogue(stages + ((it1 - 1) & 1) * kStageFloats, prev);
 }
 
 // ---------------------------------------------------------------- FP32 kernel (precise mode)
@@ -451,18 +555,20 @@ inline int device_sm_count() {
   return n > 0 ? n : 1;
 }
 
-template <int CIN, bool TANH>
+template <int CIN, bool TANH, int MODE = 0>
 void launch_tc(const Params& p, const float* w, cudaStream_t stream) {
-  constexpr size_t smem = (3 * CIN * kSlabRows * 4 + 2 * 64 * kStageLd) * sizeof(float);
+  constexpr size_t smem = (3 * CIN * kSlabRows * 4 + 2 * 2 * 64 * kStageLd + 128) * sizeof(float);
   static const bool configured = [] {
-    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         (int)smem);
     return true;
   }();
   (void)configured;
   const int prep_n = 8 * CIN * 128 * 4;
   prep_weights_kernel<CIN><<<(prep_n + 255) / 256, 256, 0, stream>>>(w, p.g.pw, p.variant);
-  const int grid = p.g.total < device_sm_count() ? p.g.total : device_sm_count();
-  fused_conv_tc_kernel<CIN, TANH><<<grid, kThreads, smem, stream>>>(p);
+  const int sms = device_sm_count();
+  const int grid = p.g.total < sms ? p.g.total : sms;
+  fused_conv_tc_kernel<CIN, TANH, MODE><<<grid, kThreads, smem, stream>>>(p);
 }
 
 template <bool TANH>
@@ -475,13 +581,11 @@ void launch_tc_cin(const Params& p, const float* w, cudaStream_t stream) {
   }
 }
 
-// The launcher behind launch_fused_conv_transpose3d_ln_gelu_scale; `variant` exists for the
-// standalone check's layout probe only.
-inline void launch(const float* x, const float* w, const float* conv_bias, const float* gamma, const float* beta,
-                   float* y, float* mean, float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W,
-                   int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
-                   float eps, bool tanh_gelu, float factor, bool precise, cudaStream_t stream,
-                   int variant = kDefaultVariant) {
+// Geometry and pointers for one call; throws std::invalid_argument for an unsupported shape.
+inline Params make_params(const float* x, const float* conv_bias, const float* gamma, const float* beta, float* y,
+                          float* mean, float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W,
+                          int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
+                          float eps, float factor, int variant) {
   const std::string why = fused_conv_unsupported_reason(
       {N, Cin, D, H, W}, {Cin, Cout, 4, 4, 4}, {2, 2, 2}, {pad_d, pad_h, pad_w}, {out_pad_d, out_pad_h, out_pad_w},
       fused_conv_limits::kWout);
@@ -521,6 +625,19 @@ inline void launch(const float* x, const float* w, const float* conv_bias, const
   p.eps = eps;
   p.factor = factor;
   p.variant = variant;
+  return p;
+}
+
+// The launcher behind launch_fused_conv_transpose3d_ln_gelu_scale; `variant` exists for the
+// standalone check's layout probe only.
+inline void launch(const float* x, const float* w, const float* conv_bias, const float* gamma, const float* beta,
+                   float* y, float* mean, float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W,
+                   int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
+                   float eps, bool tanh_gelu, float factor, bool precise, cudaStream_t stream,
+                   int variant = kDefaultVariant) {
+  const Params p = make_params(x, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
+                               out_pad_d, out_pad_h, out_pad_w, eps, factor, variant);
+  const Geometry& g = p.g;
   if (g.total == 0) return;
   if (precise) {
     const size_t smem = (size_t)Cin * 4 * 34 * sizeof(float);

@@ -371,6 +371,30 @@ void bench_case(const Case& c, int variant, bool precise_too) {
   free_buffers(B);
 }
 
+// Where the time goes: the flagship with one part of the kernel switched off at a time.
+template <int MODE>
+void time_mode(const Case& c, const Buffers& B, const float* w, int variant, const char* what) {
+  namespace fc = minidl::fused_conv_detail;
+  const fc::Params p = fc::make_params(B.x, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin,
+                                       c.D, c.H, c.W, 64, c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor,
+                                       variant);
+  Timing t = time_it([&] { fc::launch_tc<32, false, MODE>(p, w, 0); CK(cudaGetLastError()); });
+  const double gflop = 2.0 * B.ny * c.Cin * 8 / 1e9;
+  const double gbytes = (B.ny * 4.0 + B.nx * 4.0 + 2.0 * B.rows * 4) / 1e9;
+  g_rows.push_back({std::string("  part: ") + what, t, gflop, gbytes});
+}
+void profile_parts(const Case& c, int variant) {
+  Buffers B = make_buffers(c);
+  time_mode<0>(c, B, B.w, variant, "full kernel");
+  time_mode<1>(c, B, B.w, variant, "no wgmma");
+  time_mode<2>(c, B, B.w, variant, "no LN/GELU math");
+  time_mode<3>(c, B, B.w, variant, "no input gather");
+  time_mode<4>(c, B, B.w, variant, "wgmma only");
+  time_mode<5>(c, B, B.w, variant, "epilogue only");
+  time_mode<6>(c, B, B.w, variant, "gather only");
+  free_buffers(B);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -399,6 +423,8 @@ int main(int argc, char** argv) {
       {"N3 Cin16 D3 H7", 3, 16, 3, 7, 32, 1, 1, 1, 0, 1, 0, true, false, 1.0f},
       {"N2 Cin8 D2 H4", 2, 8, 2, 4, 32, 1, 1, 1, 0, 0, 0, true, true, 1.0f},
       {"N2 Cin24 D3 H3 W34 p3", 2, 24, 3, 3, 34, 1, 1, 3, 0, 0, 0, true, false, 1.0f},
+      {"N3 D6 H9 p0,3,1 op1,1", 3, 32, 6, 9, 32, 0, 3, 1, 1, 1, 0, true, false, 1.0f},
+      {"N40 D6 H1 Hout1", 40, 32, 6, 1, 32, 1, 2, 1, 0, 1, 0, true, false, 1.0f},
       {"mid N4 D8 H16", 4, 32, 8, 16, 32, 1, 1, 1, 0, 0, 0, true, false, 1.0f},
   };
   for (const Case& c : cases) correctness_case(c, variant);
@@ -418,6 +444,7 @@ int main(int argc, char** argv) {
 
   const Case flagship = {"flagship N32", 32, 32, 16, 32, 32, 1, 1, 1, 0, 0, 0, true, false, 1.0f};
   bench_case(flagship, variant, !notime);
+  profile_parts(flagship, variant);
   if (!notime) {
     const Case flag_tanh = {"flagship N32 tanh", 32, 32, 16, 32, 32, 1, 1, 1, 0, 0, 0, true, true, 1.0f};
     bench_case(flag_tanh, variant, false);
