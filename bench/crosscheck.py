@@ -6,9 +6,10 @@ without fusion, and compares y and all five gradients with PyTorch FP32 (default
 a float64 reference, by the bounds of shared MEASURING rules:
   rel  = |out - ref64| / max(|ref64|, |torch32|)      <= 2e-3 (TF32 paths)
   rel  <= 2 x PyTorch's own TF32 error on the same inputs
-  max |out - torch32| <= 1e-2
-The conv bias gradient is zero in exact arithmetic (LayerNorm cancels the bias), so it is judged by
-absolute size only. Exits 1 if a bound is broken.
+  |out - torch32| <= 1e-2 + 1e-2 |torch32| elementwise (KernelBench's atol = rtol = 1e-2)
+The conv bias gradient is zero in exact arithmetic (LayerNorm cancels the bias; PyTorch returns
+rounding noise), so it is judged by absolute size only: max |out - ref64| must stay within
+max(1e-2, 2 x PyTorch's own max |torch32 - ref64|). Exits 1 if a bound is broken.
 
 usage: crosscheck.py BUILD_DIR WORK_DIR [--quick]
 """
@@ -92,19 +93,24 @@ def main():
                 trel = (t - r).norm().item() / den
                 mabs = (m - t).abs().max().item()
                 if name == "grad_conv_transpose.bias":
-                    ok = mabs <= 1e-2  # judged by absolute size only
-                    bound = "abs<=1e-2"
+                    err, terr = (m - r).abs().max().item(), (t - r).abs().max().item()
+                    limit = max(1e-2, 2 * terr)
+                    ok = err <= limit
+                    bound = f"abs<={limit:.1e}"
+                    rel, trel = err, terr  # shown as absolute errors in this row
                 else:
-                    ok = rel <= 2e-3 and rel <= 2 * trel + 1e-7 and mabs <= 1e-2
-                    bound = f"<={min(2e-3, 2 * trel + 1e-7):.1e}"
+                    close = ((m - t).abs() <= 1e-2 + 1e-2 * t.abs()).all().item()
+                    ok = rel <= 2e-3 and rel <= 2 * trel + 1e-7 and close
+                    bound = f"<={min(2e-3, 2 * trel + 1e-7):.1e}" + ("" if close else " !allclose")
                 failed |= not ok
                 rows.append((kind, batch, "fused" if fuse else "unfused", name, rel, trel, mabs, bound, ok))
                 del m
         del ref, t32
         torch.cuda.empty_cache()
-    print(f"\n{'inputs':8} {'N':>3} {'minidl':8} {'tensor':28} {'rel err':>9} {'torch rel':>9} {'max|d|':>9} {'bound':>11} ok")
+    print(f"\n{'inputs':8} {'N':>3} {'minidl':8} {'tensor':28} {'rel err':>9} {'torch rel':>9} {'max|d|':>9} {'bound':>19} ok")
     for kind, batch, mode, name, rel, trel, mabs, bound, ok in rows:
-        print(f"{kind:8} {batch:3d} {mode:8} {name:28} {rel:9.2e} {trel:9.2e} {mabs:9.2e} {bound:>11} {'yes' if ok else 'NO'}")
+        print(f"{kind:8} {batch:3d} {mode:8} {name:28} {rel:9.2e} {trel:9.2e} {mabs:9.2e} {bound:>19} {'yes' if ok else 'NO'}")
+    print("(conv bias rows: max absolute errors vs float64, PyTorch's own beside it)")
     print("crosscheck:", "FAILED" if failed else "all bounds met")
     with open(os.path.join(work, "crosscheck.txt"), "w") as f:
         for r in rows:

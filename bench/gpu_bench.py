@@ -102,7 +102,8 @@ def main():
             _, name, what, med, lo, hi, peak = line.split()
             res[(name, what)] = (float(med), float(lo), float(hi), int(peak))
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("MINIDL_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     eager_f, comp_f = res[("pytorch_eager", "forward")][0], res[("torch_compile", "forward")][0]
     eager_t, comp_t = res[("pytorch_eager", "train_step")][0], res[("torch_compile", "train_step")][0]
     lines = [
