@@ -57,11 +57,18 @@ void ln_gelu_scale_backward_cpu(const T* dy, const T* x, const T* w, const T* b,
   for (int64_t r = 0; r < p.rows; ++r) {
     const T* xr = x + r * C;
     const T* dyr = dy + r * C;
+    T mu, rs;  // the saved statistics, or recomputed from x when none were passed
+    if (mean) {
+      mu = mean[r];
+      rs = rstd[r];
+    } else {
+      ln_row_stats(xr, C, p.eps, mu, rs);
+    }
     for (int64_t i = 0; i < C; ++i) {
-      const T z = ln_affine<T>(xr[i], mean[r], rstd[r], w[i], b[i]);
+      const T z = ln_affine<T>(xr[i], mu, rs, w[i], b[i]);
       dz[static_cast<size_t>(i)] = (dyr[i] * f) * gelu_grad<T>(z, p.tanh_approx);
     }
-    ln_row_backward(dz.data(), xr, mean[r], rstd[r], w, C, dx + r * C, dw_acc.data(), db_acc.data());
+    ln_row_backward(dz.data(), xr, mu, rs, w, C, dx + r * C, dw_acc.data(), db_acc.data());
   }
   for (int64_t i = 0; i < C; ++i) {
     dw[i] = static_cast<T>(dw_acc[static_cast<size_t>(i)]);
@@ -128,8 +135,10 @@ OpSchema forward_schema() {
 OpSchema backward_schema() {
   OpSchema s;
   s.name = "fused_ln_gelu_scale_backward";
+  // mean and rstd may be omitted (both): the kernel then recomputes them from x. The fused conv's
+  // gradient does that, because its x is a recomputed z whose rounding differs from the forward's.
   s.input_names = {"dy", "x", "ln_weight", "ln_bias", "mean", "rstd"};
-  s.num_required_inputs = 6;
+  s.num_required_inputs = 4;
   s.output_names = {"dx", "dweight", "dbias"};
   s.attrs = epilogue_attrs();
   s.shape_rule = [](const TypeList& in, const Attrs& a) -> std::vector<TensorType> {
@@ -139,7 +148,10 @@ OpSchema backward_schema() {
     const TensorType& w = require_input(op, in, 2, "ln_weight");
     require_same_type(op, dy, "dy", x, "x");
     auto fwd = ops::fused_ln_gelu_scale_out_types(op, x, w, require_input(op, in, 3, "ln_bias"));
+    const bool has_stats = in.size() > 4 && in[4];
+    MINIDL_CHECK(has_stats == (in.size() > 5 && in[5]), op, ": pass both 'mean' and 'rstd' or neither");
     for (size_t i : {size_t(4), size_t(5)}) {
+      if (!has_stats) break;
       const std::string name = i == 4 ? "mean" : "rstd";
       const TensorType& t = require_input(op, in, i, name);
       ops::check_shape(op, name, t, fwd[1].shape, "x " + shape_str(x.shape));
@@ -151,10 +163,12 @@ OpSchema backward_schema() {
   s.cpu_kernel = [](KernelContext& ctx) {
     ops::LnGeluScaleParams p =
         ops::ln_gelu_scale_params("fused_ln_gelu_scale_backward", ctx.attrs(), ctx.in(1).shape());
+    const bool stats = ctx.inputs.size() > 4 && ctx.in(4).defined();
     ops::dispatch_float(ctx.in(1).dtype(), [&](auto tag) {
       using T = decltype(tag);
       ops::ln_gelu_scale_backward_cpu<T>(ctx.in(0).data<T>(), ctx.in(1).data<T>(), ctx.in(2).data<T>(),
-                                         ctx.in(3).data<T>(), ctx.in(4).data<T>(), ctx.in(5).data<T>(),
+                                         ctx.in(3).data<T>(), stats ? ctx.in(4).data<T>() : nullptr,
+                                         stats ? ctx.in(5).data<T>() : nullptr,
                                          ctx.out(0).data<T>(), ctx.out(1).data<T>(), ctx.out(2).data<T>(), p);
     });
   };

@@ -146,6 +146,12 @@ TEST_SUITE("ops/fused") {
       Tensor dy = Tensor::normal({4, 3, 10}, 0, 1, 303, t);
       std::vector<Tensor> bw = run_kernel_poisoned("fused_ln_gelu_scale_backward", {dy, x, w, b, f[1], f[2]}, a);
       CHECK(bw[1].shape() == Shape{10});
+      // Without saved statistics the backward recomputes them from x: the same gradients.
+      std::vector<Tensor> bw_recomputed = run_kernel_poisoned("fused_ln_gelu_scale_backward", {dy, x, w, b}, a);
+      for (size_t i = 0; i < 3; ++i)
+        check_close(bw_recomputed[i], bw[i], t == DType::F32 ? 1e-6 : 1e-13, "backward with recomputed statistics");
+      CHECK_THROWS_WITH_AS(run_op("fused_ln_gelu_scale_backward", {dy, x, w, b, f[1]}, a),
+                           doctest::Contains("pass both 'mean' and 'rstd' or neither"), Error);
       // Same numbers through the executor.
       check_close(run_op("fused_ln_gelu_scale", {x, w, b}, a)[0], f[0], 0.0, "executor vs direct kernel");
     }
