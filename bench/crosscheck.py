@@ -3,7 +3,7 @@
 
 Generates seeded inputs and weights with PyTorch, runs `flagship --load DIR --save OUT` with and
 without fusion, and compares y and all five gradients with PyTorch FP32 (default TF32 convs) and
-a float64 reference, by the bounds of shared MEASURING rules:
+a float64 reference, by the bounds of MEASURING.md:
   rel  = |out - ref64| / max(|ref64|, |torch32|)      <= 2e-3 (TF32 paths)
   rel  <= 2 x PyTorch's own TF32 error on the same inputs
   |out - torch32| <= 1e-2 + 1e-2 |torch32| elementwise (KernelBench's atol = rtol = 1e-2)

@@ -151,9 +151,11 @@ int main(int argc, char** argv) try {
   std::printf("\n%-28s %12s %12s %6s\n", "fused vs unfused", "rel L2", "max |diff|", "ok");
   auto compare = [&](const std::string& what, const Tensor& f, const Tensor& u, bool by_abs = false) {
     double rel = rel_l2_error(f, u), mx = max_abs_diff(f, u);
-    // The conv bias cancels under LayerNorm: its gradient is zero in exact arithmetic, so it is
-    // judged by absolute size (MEASURING.md).
-    bool good = all_finite(f) && (by_abs ? mx <= 1e-3 : rel <= tol);
+    // The conv bias cancels under LayerNorm: its gradient is zero in exact arithmetic (the fused
+    // path writes exact zeros), so it is judged by absolute size. The unfused path returns the
+    // rounding noise of a sum over N*D*H*W*64 values per channel: ~1e-2 at the flagship size, as
+    // PyTorch's does.
+    bool good = all_finite(f) && (by_abs ? mx <= 5e-2 : rel <= tol);
     ok &= good;
     std::printf("%-28s %12.3e %12.3e %6s\n", what.c_str(), rel, mx, good ? "yes" : "NO");
   };
