@@ -81,8 +81,9 @@ struct LnBackwardArgs {
   const float* x = nullptr;
   const float* w = nullptr;
   const float* b = nullptr;
-  const float* mean = nullptr;
+  const float* mean = nullptr;  // both null: the statistics are recomputed from x (with eps)
   const float* rstd = nullptr;
+  float eps = 1e-5f;
   float* dx = nullptr;
   float* dw = nullptr;
   float* db = nullptr;

@@ -2,7 +2,7 @@
 // row kernels of layer_norm.cu with the GELU + scale epilogue (forward) or its derivative applied
 // first (backward). One pass over x: y, mean and rstd are written once. The backward reads dy
 // and x once, writes dx once, and reduces dweight/dbias deterministically from per-block
-// partials. Rows of 64 use the 16-threads-per-row float4 path.
+// partials. Rows of 64 use the bulk-copy pipelined path (16 threads per row, float4 each).
 #include "core/cuda_runtime.h"
 #include "ops/cuda_kernels.h"
 #include "ops/op_util.h"
@@ -49,15 +49,20 @@ void fused_backward_cuda(KernelContext& ctx) {
   check_params(op, ctx, 2, p);
   MINIDL_CHECK(ctx.in(0).shape() == x.shape(), op, ": 'dy' ", ctx.in(0).describe(), " and 'x' ", x.describe(),
                " differ in shape");
-  MINIDL_CHECK(ctx.in(4).numel() == p.rows && ctx.in(5).numel() == p.rows, op, ": 'mean' ", ctx.in(4).describe(),
-               " and 'rstd' ", ctx.in(5).describe(), " must have one value per row (", p.rows, ")");
+  // Without saved statistics (the fused conv's backward, whose x is a recomputed z) the kernels
+  // recompute them from x.
+  const bool stats = ctx.inputs.size() > 4 && ctx.in(4).defined();
+  if (stats)
+    MINIDL_CHECK(ctx.in(4).numel() == p.rows && ctx.in(5).numel() == p.rows, op, ": 'mean' ", ctx.in(4).describe(),
+                 " and 'rstd' ", ctx.in(5).describe(), " must have one value per row (", p.rows, ")");
   cudak::LnBackwardArgs a;
   a.dy = ctx.in(0).data<float>();
   a.x = x.data<float>();
   a.w = ctx.in(2).data<float>();
   a.b = ctx.in(3).data<float>();
-  a.mean = ctx.in(4).data<float>();
-  a.rstd = ctx.in(5).data<float>();
+  a.mean = stats ? ctx.in(4).data<float>() : nullptr;
+  a.rstd = stats ? ctx.in(5).data<float>() : nullptr;
+  a.eps = static_cast<float>(p.eps);
   a.dx = ctx.out(0).data<float>();
   a.dw = ctx.outputs.size() > 1 && ctx.out(1).defined() ? ctx.out(1).data<float>() : nullptr;
   a.db = ctx.outputs.size() > 2 && ctx.out(2).defined() ? ctx.out(2).data<float>() : nullptr;

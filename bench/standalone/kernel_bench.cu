@@ -1,12 +1,15 @@
 // Times minidl's CUDA kernels at the flagship sizes and spot-checks them against a float64
 // computation on the host. Each kernel is called through its op's registered CUDA kernel, the
 // way the executor calls it. CUDA events, 3 warm-ups, median (min, max) of 20 runs.
-// Build: bench/standalone/build.sh OUTDIR; run OUTDIR/kernel_bench.
+// Build: bench/standalone/build.sh OUTDIR; run OUTDIR/kernel_bench [ln|conv] (default: both).
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <functional>
 #include <random>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "core/cuda_check.cuh"
@@ -60,6 +63,56 @@ Attrs fused_attrs() {
 
 double gelu_d(double v) { return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))); }
 
+double gelu_grad_d(double v) {
+  return 0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI);
+}
+
+std::vector<float> to_host(const Tensor& t) {
+  std::vector<float> h(static_cast<size_t>(t.numel()));
+  cuda::memcpy_d2h(h.data(), t.raw_data(), h.size() * 4);
+  return h;
+}
+
+// dweight / dbias of the fused backward (exact GELU, factor 1) in float64 over every row, from
+// the given per-row statistics; rows split over host threads, each summing its rows in order.
+void fused_bwd_params_ref(const std::vector<float>& x, const std::vector<float>& dy, const std::vector<float>& mean,
+                          const std::vector<float>& rstd, const std::vector<float>& w, const std::vector<float>& b,
+                          std::vector<double>& dw, std::vector<double>& db) {
+  const int64_t W = int64_t(w.size()), rows = int64_t(mean.size());
+  const int nt = std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
+  std::vector<std::vector<double>> pw(static_cast<size_t>(nt), std::vector<double>(static_cast<size_t>(W)));
+  std::vector<std::vector<double>> pb = pw;
+  std::vector<std::thread> th;
+  for (int t = 0; t < nt; ++t)
+    th.emplace_back([&, t] {
+      for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; ++r)
+        for (int64_t j = 0; j < W; ++j) {
+          const size_t e = size_t(r * W + j);
+          const double xh = (double(x[e]) - mean[size_t(r)]) * rstd[size_t(r)];
+          const double dz = dy[e] * gelu_grad_d(xh * w[size_t(j)] + b[size_t(j)]);
+          pw[size_t(t)][size_t(j)] += dz * xh;
+          pb[size_t(t)][size_t(j)] += dz;
+        }
+    });
+  for (auto& t : th) t.join();
+  dw.assign(size_t(W), 0.0);
+  db.assign(size_t(W), 0.0);
+  for (int t = 0; t < nt; ++t)
+    for (int64_t j = 0; j < W; ++j) {
+      dw[size_t(j)] += pw[size_t(t)][size_t(j)];
+      db[size_t(j)] += pb[size_t(t)][size_t(j)];
+    }
+}
+
+double rel_l2(const std::vector<float>& a, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - ref[i]) * (a[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / den);
+}
+
 int failures = 0;
 void expect(bool ok, const char* what, double err, double tol) {
   std::printf("  check %-40s err %.3g (tol %.1g) %s\n", what, err, tol, ok ? "ok" : "FAILED");
@@ -68,7 +121,8 @@ void expect(bool ok, const char* what, double err, double tol) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
   if (!cuda::cuda_available()) {
     std::printf("no CUDA device\n");
     return 1;
@@ -87,7 +141,7 @@ int main() {
   }
 
   // ---- fused LayerNorm-GELU-scale, forward and backward -------------------------------------------
-  {
+  if (only.empty() || only == "ln") {
     Graph g;
     Value* x = g.add_input("x", ys);
     Value* w = g.add_input("w", {W});
@@ -133,11 +187,39 @@ int main() {
     t = time_it([&] { kb(bctx); });
     report("fused_ln_gelu_scale bwd [32,64,32,64,64]", t, 3 * gib + rows * 8.0, 0);
     {
-      std::vector<float> dw1(static_cast<size_t>(W)), dw2(static_cast<size_t>(W));
-      cuda::memcpy_d2h(dw1.data(), DW.raw_data(), W * 4);
+      // Determinism: dweight and dbias bit-identical over a second call.
+      const std::vector<float> dw1 = to_host(DW), db1 = to_host(DB);
       kb(bctx);
-      cuda::memcpy_d2h(dw2.data(), DW.raw_data(), W * 4);
-      expect(dw1 == dw2, "fused bwd dweight deterministic", dw1 == dw2 ? 0.0 : 1.0, 0);
+      const std::vector<float> dw2 = to_host(DW), db2 = to_host(DB);
+      expect(dw1 == dw2 && db1 == db2, "fused bwd dweight/dbias deterministic", dw1 == dw2 && db1 == db2 ? 0.0 : 1.0, 0);
+      // dx on 64 rows (the last one included) and dweight/dbias over all rows, against float64.
+      const std::vector<float> xh = to_host(X), dyh = to_host(DY), mh = to_host(M), rh = to_host(R), wh = to_host(Wt),
+                               bh = to_host(B), dxh = to_host(DX);
+      double num = 0, den = 0;
+      for (int i = 0; i < 64; ++i) {
+        const int64_t r = i == 63 ? rows - 1 : (rows / 64) * i + i * 5;
+        double g[64], xhat[64], s1 = 0, s2 = 0;
+        for (int j = 0; j < W; ++j) {
+          const size_t e = size_t(r * W + j);
+          xhat[j] = (double(xh[e]) - mh[size_t(r)]) * rh[size_t(r)];
+          g[j] = dyh[e] * gelu_grad_d(xhat[j] * wh[size_t(j)] + bh[size_t(j)]) * wh[size_t(j)];
+          s1 += g[j];
+          s2 += g[j] * xhat[j];
+        }
+        for (int j = 0; j < W; ++j) {
+          const double ref = rh[size_t(r)] * (g[j] - s1 / W - xhat[j] * s2 / W);
+          const double d = dxh[size_t(r * W + j)] - ref;
+          num += d * d;
+          den += ref * ref;
+        }
+      }
+      const double err = std::sqrt(num / den);
+      expect(err < 1e-5, "fused bwd dx rel L2 (64 rows)", err, 1e-5);
+      std::vector<double> rdw, rdb;
+      fused_bwd_params_ref(xh, dyh, mh, rh, wh, bh, rdw, rdb);
+      const double ew = rel_l2(dw1, rdw), eb = rel_l2(db1, rdb);
+      expect(ew < 1e-5, "fused bwd dweight rel L2 (all rows)", ew, 1e-5);
+      expect(eb < 1e-5, "fused bwd dbias rel L2 (all rows)", eb, 1e-5);
     }
 
     // The unfused chain's kernels on the same data.
@@ -158,6 +240,12 @@ int main() {
     KernelContext lbctx{*lb, {DY, X, M, R, Wt}, {DX, DW, DB}};
     t = time_it([&] { op_schema("layer_norm_backward").cuda_kernel(lbctx); });
     report("layer_norm bwd", t, 3 * gib + rows * 8.0, 0);
+    {
+      const std::vector<float> dw1 = to_host(DW), db1 = to_host(DB);
+      op_schema("layer_norm_backward").cuda_kernel(lbctx);
+      const std::vector<float> dw2 = to_host(DW), db2 = to_host(DB);
+      expect(dw1 == dw2 && db1 == db2, "layer_norm bwd dweight/dbias deterministic", dw1 == dw2 && db1 == db2 ? 0.0 : 1.0, 0);
+    }
     Node* gb = g.add_node("gelu_backward", {dyv, x});
     KernelContext gbctx{*gb, {DY, X}, {DX}};
     t = time_it([&] { op_schema("gelu_backward").cuda_kernel(gbctx); });
@@ -169,7 +257,7 @@ int main() {
   }
 
   // ---- conv_transpose3d at the flagship size -------------------------------------------------------
-  {
+  if (only.empty() || only == "conv") {
     const Shape xs{32, 32, 16, 32, 32}, ws{32, 64, 4, 4, 4};
     const double flops = 2.0 * 32 * 64 * 64 * double(32 * 16 * 32 * 32);  // 137 GFLOP
     Graph g;
@@ -235,6 +323,15 @@ int main() {
     KernelContext wctx{*gwn, {X, DY}, {DW}};
     t = time_it([&] { op_schema("conv_transpose3d_grad_weight").cuda_kernel(wctx); });
     report("conv_transpose3d_grad_weight (TF32)", t, gib + 64.0 * (1 << 20), flops);
+    // The same three with the GEMM kernels compiled for 3 blocks per SM.
+    setenv("MINIDL_CONV_MINBLOCKS", "3", 1);
+    t = time_it([&] { op_schema("conv_transpose3d").cuda_kernel(ctx); });
+    report("conv_transpose3d fwd (TF32, 3 blocks/SM)", t, gib + 64.0 * (1 << 20), flops);
+    t = time_it([&] { op_schema("conv_transpose3d_grad_input").cuda_kernel(gctx); });
+    report("conv_transpose3d_grad_input (3 blocks/SM)", t, gib + 64.0 * (1 << 20), flops);
+    t = time_it([&] { op_schema("conv_transpose3d_grad_weight").cuda_kernel(wctx); });
+    report("conv_transpose3d_grad_weight (3 blocks/SM)", t, gib + 64.0 * (1 << 20), flops);
+    unsetenv("MINIDL_CONV_MINBLOCKS");
   }
   std::printf("peak minidl device memory: %.2f GiB\n", cuda::peak_bytes_in_use() / double(1 << 30));
   std::printf("%s\n", failures ? "SOME CHECKS FAILED" : "all checks passed");
