@@ -12,21 +12,24 @@
 //    iw = u + ((q+pw)>>1) - c.
 //  * Work item = one output row (n, od, oh): all 64 co x all 64 ow, K = Cin x 8 taps = 256.
 //    Per ow parity q it is the GEMM D[co 64][u 32] = W_q[co][k] * X[k][u]; wgmma m64n32k8 with
-//    A (weights) from registers and B (inputs) from shared memory.
-//  * Weights stay in registers. Four warpgroups w = (q, c) = (w & 1, w >> 1) each own ow parity q
-//    and kw tap c, i.e. half of K: 64 A-fragment registers per thread, so 16 warps fit under the
-//    128-register cap. They are loaded once per class change (a persistent block walks a
-//    contiguous range of items sorted by class). The two c halves meet in the staging tile.
-//  * Inputs: per item a slab S[ci][row][ab] of Cin x 40 rows x 4 floats (ab = the (id, ih) pair,
-//    row = iw - iw_min) is gathered by 4-byte cp.async with zero fill for out-of-range taps. It is
-//    the K-major, no-swizzle layout wgmma wants: a core matrix (8 u-rows x 4 k) is 128 contiguous
-//    bytes, the next 4 k (next ci) is kSlabRows*16 bytes on, and the shift by c or q is just a
-//    16-byte offset of the descriptor's start address: an implicit im2col with no copies.
-//  * Pipeline per item r (all warps, one barrier): issue the 16 async wgmmas of r; meanwhile run
-//    the epilogue of item r-1 from the staging tiles and gather item r+2 with cp.async; wait;
-//    write this warpgroup's partial tile [c][co][q][u]. The epilogue (sum of the two partials,
-//    LayerNorm over 64 values per co in 8 lanes, GELU, scale) streams 16-byte stores of whole
-//    256-byte rows; the conv bias only shifts the saved mean.
+//    A (weights) from registers and B (inputs) from shared memory (32 k-steps per row and q).
+//  * Warp specialization (v5). Warpgroups 0 and 1 (q = 0, 1) keep the A fragments of their parity
+//    for all of K (128 registers) and run the tensor cores and the input gather; warpgroups 2 and
+//    3 run LayerNorm / GELU / scale and the stores. setmaxnreg splits the register file 184 / 72.
+//    The roles meet in a double-buffered staging tile guarded by named barriers (bar.arrive /
+//    bar.sync), so one row's epilogue runs while the next rows' wgmmas and gathers proceed.
+//    Weights are loaded once per class change (a persistent block walks a contiguous range of
+//    items sorted by class).
+//  * Inputs: an item needs 4 input planes (id0 - a, ih0 - b), a, b in {0, 1}. They are kept as two
+//    plane pairs (one per ih) in a ring of 8 slots; row oh + 2 of the same (class, n, od) has
+//    ih0 + 1, so it reuses one pair and gathers one new pair (half the input traffic of v4). A
+//    plane is [ci/4][row = iw - iw0][ci%4]: the K-major, no-swizzle layout wgmma wants (a core
+//    matrix = 8 u-rows x 4 channels = 128 contiguous bytes; the next 4 channels are LBO on), and
+//    the shift by tap c or parity q is a 16-byte offset of the descriptor's start address: an
+//    implicit im2col with no copies. The gather is 4-byte cp.async with zero fill, sector aligned.
+//  * LayerNorm statistics: each MMA warpgroup reduces its 32 accumulators per row to (sum, sum of
+//    squared deviations) and stores them beside the tile; the epilogue merges the two parities
+//    (Chan et al.), so it needs no shuffles.
 //  * All element offsets into x, y, mean and rstd are 64-bit.
 // The precise (FP32) kernel is a plain direct convolution per row with the same epilogue.
 #pragma once
@@ -41,8 +44,11 @@
 namespace minidl {
 namespace fused_conv_detail {
 
-constexpr int kThreads = 512;   // four warpgroups: (ow parity q, kw tap c) = (w & 1, w >> 1)
-constexpr int kSlabRows = 40;   // 34 used (iw_min .. iw_min + 33); 40 = 5 blocks of 8, no edge test
+constexpr int kThreads = 512;   // warpgroups 0, 1: tensor cores + gather (q = ow parity); 2, 3: epilogue
+constexpr int kMmaRegs = 184;   // setmaxnreg: 128 weight registers + 16 accumulators + addressing
+constexpr int kEpiRegs = 72;    // 2 * 184 + 2 * 72 = 4 * 128, the whole register file
+constexpr int kPlaneRows = 48;  // slab rows per channel group: iw = iw0 + row, 6 blocks of 8
+constexpr int kPairSlots = 8;   // ring of input plane pairs (at most 6 in use at a time)
 constexpr int kStageLd = 72;    // staging row per co: [q0: 32 u][q1: 32 u][8 pad] (bank-conflict free)
 constexpr int kMaxCin = 32;
 // Bit 0: alternative A-fragment k order; bit 1: swapped LBO/SBO. The standalone check probes all
@@ -98,20 +104,23 @@ __device__ __forceinline__ Item decode_item(const Geometry& g, int i) {
 
 // The item after `it` in the same order as decode_item (oh fastest, then od, n, class): a few
 // compares instead of the divisions of decode_item.
-__device__ __forceinline__ void advance_item(const Geometry& g, Item& it) {
+// Returns true when the new item is row oh + 2 of the same (class, n, od) (its input slab
+// overlaps the previous one by half).
+__device__ __forceinline__ bool advance_item(const Geometry& g, Item& it) {
   it.oh += 2;
-  if (it.oh < g.Hout) return;
+  if (it.oh < g.Hout) return true;
   it.od += 2;
   it.oh = (it.cls & 1) ? g.oh01 : g.oh00;
-  if (it.od < g.Dout) return;
+  if (it.od < g.Dout) return false;
   it.od = (it.cls >> 1) ? g.od01 : g.od00;
-  if (++it.n < g.N) return;
+  if (++it.n < g.N) return false;
   it.n = 0;
   do {  // next non-empty class
     ++it.cls;
   } while (it.cls < 3 && ((it.cls >> 1) ? g.cntD1 : g.cntD0) * ((it.cls & 1) ? g.cntH1 : g.cntH0) == 0);
   it.od = (it.cls >> 1) ? g.od01 : g.od00;
   it.oh = (it.cls & 1) ? g.oh01 : g.oh00;
+  return false;
 }
 
 // ---------------------------------------------------------------- small PTX wrappers
@@ -169,8 +178,9 @@ __device__ __forceinline__ float gelu_f(float v) {
 
 // ---------------------------------------------------------------- weight re-layout (TF32 path)
 // g_wprep[((cls*2 + q)*CIN + s)*128 + thread].e = A fragment register e of k-step s for that
-// thread of warpgroup q. k order: s < CIN/2 is tap c = 0, then c = 1; inside a k-step of 8 the
-// first 4 k are (ci0, ab = 0..3), the next 4 (ci0+1, ab = 0..3), ab = a*2 + b.
+// thread of warpgroup q. k order: k-step s = ((a*2 + b)*2 + c)*(CIN/8) + ci8 covers taps
+// (kd, kh, kw) = (pd_par + 2a, ph_par + 2b, ((q+pw)&1) + 2c) and channels ci = 8 ci8 + kcol,
+// kcol = 0..7 (the slab's 16-byte core-matrix rows hold 4 consecutive channels).
 template <int CIN>
 __global__ void prep_weights_kernel(const float* __restrict__ w, int pw, int variant) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
@@ -184,10 +194,10 @@ __global__ void prep_weights_kernel(const float* __restrict__ w, int pw, int var
   const int wq = thr >> 5, lane = thr & 31, g = lane >> 2, t = lane & 3;
   const int co = 16 * wq + g + 8 * (e & 1);                              // rows g / g+8
   const int kcol = (variant & 1) ? (2 * t + (e >> 1)) : (t + 4 * (e >> 1));  // cols t / t+4
-  const int c = s / (CIN / 2);
-  const int ci = (s % (CIN / 2)) * 2 + (kcol >> 2);
-  const int ab = kcol & 3;
-  const int kd = pdp + 2 * (ab >> 1), kh = php + 2 * (ab & 1), kw = ((q + pw) & 1) + 2 * c;
+  const int ci8 = s % (CIN / 8), t3 = s / (CIN / 8);
+  const int c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
+  const int ci = 8 * ci8 + kcol;
+  const int kd = pdp + 2 * a, kh = php + 2 * b, kw = ((q + pw) & 1) + 2 * c;
   const float v = w[(((ci * 64 + co) * 4 + kd) * 4 + kh) * 4 + kw];
   reinterpret_cast<float*>(g_wprep)[idx] = tf32_round(v);
 }
@@ -233,165 +243,158 @@ __device__ __forceinline__ void cp_async4_zfill(uint32_t dst, const float* src, 
       : "memory");
 }
 
-// Gather of one item's slab S[ci][row][ab] (row = iw - iw_min, ab = a*2 + b): lane = (r8, ab)
-// fills rows r8 + 8*blk (blk = 0..4) of channels ci = warp + 16 j. Per thread and item this is a
-// pointer and a mask; each element is one cp.async with immediate offsets. Sources of ignored
-// (zero-filled) elements are never read.
-template <int CIN>
-__device__ __forceinline__ void load_slab(const Geometry& g, const float* __restrict__ x, uint32_t dst_thread,
-                                          const Item& it, int ab, int iw0, uint32_t iw_bad, int warp) {
-  const int id = ((it.od + g.pd) >> 1) - (ab >> 1);
-  const int ih = ((it.oh + g.ph) >> 1) - (ab & 1);
-  const bool rowok = id >= 0 && id < g.D && ih >= 0 && ih < g.H;
-  const uint32_t ignore = rowok ? iw_bad : 0x1Fu;
-  const int64_t chan = (int64_t)g.D * g.H * g.W;
-  const float* src = x + (((int64_t)it.n * CIN + warp) * g.D + (rowok ? id : 0)) * ((int64_t)g.H * g.W) +
-                     ((rowok ? ih : 0) * g.W + iw0);
-#pragma unroll
-  for (int j = 0; j < (CIN + 15) / 16; ++j) {
-    if (CIN % 16 == 0 || warp + 16 * j < CIN) {
-      const float* sj = src + j * 16 * chan;
-      const uint32_t dj = dst_thread + j * 16 * kSlabRows * 16;
-#pragma unroll
-      for (int blk = 0; blk < 5; ++blk) cp_async4_zfill(dj + blk * 128, sj + blk * 8, ignore, 1u << blk);
-    }
-  }
+// Named barriers: bar.arrive (release, no wait) from producers, bar.sync (acquire) from consumers.
+__device__ __forceinline__ void bar_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
+__device__ __forceinline__ void bar_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+constexpr int kBarMma = 1;    // the two MMA warpgroups: slab of the item landed
+constexpr int kBarFull = 2;   // +b: staging tile b written (MMA arrive, epilogue sync)
+constexpr int kBarEmpty = 4;  // +b: staging tile b read (epilogue arrive, MMA sync)
 
-// Four warpgroups; warpgroup w = (q = w & 1, c = w >> 1) keeps the A fragments of ow parity q and
-// kw tap c (half of K: 64 registers per thread) resident, so all 16 warps fit in 128 registers.
-// Every warp does everything, in this order per item r:
-//   barrier (slab r landed, partial tiles of r-1 complete) -> issue the 16 async wgmmas of
-//   item r -> epilogue of item r-1 (sum of the two c partials, LayerNorm, GELU, stores) ->
-//   cp.async gather of item r+2 -> wait for the wgmmas -> write the partial tile of r.
+// Warpgroups 0 and 1 (ow parity q = warpgroup) keep the A fragments of their parity for all of K
+// (Cin x 8 taps: 128 registers) and run the tensor cores plus the input gather; warpgroups 2 and
+// 3 run LayerNorm / GELU / scale / stores. The two roles meet in a double-buffered staging tile,
+// guarded by named barriers, so one item's epilogue overlaps the next items' matrix work.
+//   MMA, item r: barrier (slab r landed) -> issue 32 async wgmmas -> cp.async gather of item
+//   r+2 -> wait -> (staging tile free) -> write the 64x32 tile of parity q -> signal full.
+//   Epilogue, item r: wait full -> read the 64x64 tile -> signal empty -> LN/GELU/stores.
+// Inputs: the slab of an item is two plane pairs, one per input row ih (b = 0: ih0, b = 1:
+// ih0 - 1), each pair holding id0 and id0 - 1 (a = 0, 1). Row oh + 2 of the same class has
+// ih0 + 1, so it reuses the pair ih0 and loads one new pair: half of the input gather. Pairs live
+// in a ring of kPairSlots slots, indexed by a running pair counter P (item: b = 0 -> P, b = 1 -> P-1).
 // MODE (profiling only, bench/standalone): 0 = the kernel; 1 = no wgmma; 2 = no epilogue math
 // (staged values stored as they are); 3 = no input gather; 4 = wgmma only; 5 = epilogue only;
 // 6 = gather only.
-template <int CIN, bool TANH, int MODE = 0>
+// FASTW: W = 32 and pad_w = 1 (the flagship): every gathered run of 8 floats is in range and
+// sector aligned, so the gather is one pointer per plane and 4 cp.async with immediate offsets.
+template <int CIN, bool TANH, int MODE = 0, bool FASTW = false>
 __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params p) {
   constexpr bool kMma = MODE != 1 && MODE != 5 && MODE != 6;
   constexpr bool kGather = MODE != 3 && MODE != 4 && MODE != 5;
   constexpr bool kEpi = MODE != 4 && MODE != 6;
+  constexpr int kPlaneFloats = CIN * kPlaneRows;  // [ci/4][row][ci%4]
+  constexpr int kPairFloats = 2 * kPlaneFloats;   // a = 0, 1
+  constexpr int kStageFloats = 64 * kStageLd;     // [co][q][u] + pad
+  constexpr int KS = CIN;                         // k-steps of 8 (K = 8 Cin)
+  constexpr int KC = CIN / 8;                     // k-steps per tap (a, b, c)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  constexpr int kSlabFloats = CIN * kSlabRows * 4;
-  constexpr int kStageFloats = 2 * 64 * kStageLd;  // two c partials of [co][q][u]
-  constexpr int KS = CIN / 2;                      // k-steps per warpgroup
   float* const slabs = reinterpret_cast<float*>(smem_raw);
-  float* const stages = slabs + 3 * kSlabFloats;
+  float* const stages = slabs + kPairSlots * kPairFloats;
   const Geometry& g = p.g;
 
   const int it0 = (int)((int64_t)blockIdx.x * g.total / gridDim.x);
   const int it1 = (int)((int64_t)(blockIdx.x + 1) * g.total / gridDim.x);
   if (it0 >= it1) return;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;  // warp 0..15
-  const int wg = tid >> 7, q = wg & 1, c = wg >> 1, wtid = tid & 127;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
 
-  // Slab gather constants of this thread (see load_slab).
-  const int g_ab = lane & 3, g_r8 = lane >> 2;
-  const int g_iw0 = (g.pw >> 1) - 1 + g_r8;  // iw of row r8 (block 0)
-  uint32_t g_iw_bad = 0;
+  if (wg < 2) {
+    // ======================================================== MMA + gather warpgroups
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kMmaRegs));
+    const int q = wg, wtid = tid & 127;
+    // Gather constants: lane = (r8, cim) fills slab rows r8 + 8 blk of channel 4 ci4 + cim.
+    // Slab row = iw - iw0 (iw0: iw_min rounded down to 8, so 8-float runs are sector aligned);
+    // rows outside [0, W) are zeroed once and never written again.
+    const int cim = lane & 3, r8 = lane >> 2;
+    const int iw_min = (g.pw >> 1) - 1;
+    const int iw0 = iw_min < 0 ? -8 : (iw_min & ~7);
+    const int blk_lo = iw0 < 0 ? 1 : 0;
+    const int blk_hi = min(kPlaneRows / 8, (g.W - iw0 + 7) >> 3);
+    uint32_t iw_bad = 0;
 #pragma unroll
-  for (int blk = 0; blk < 5; ++blk) {
-    const int iw = g_iw0 + 8 * blk;
-    if (iw < 0 || iw >= g.W) g_iw_bad |= 1u << blk;
-  }
-  const uint32_t g_dst = smem_u32(slabs) + ((warp * kSlabRows + g_r8) * 4 + g_ab) * 4;
+    for (int blk = 0; blk < kPlaneRows / 8; ++blk)
+      if (iw0 + 8 * blk + r8 >= g.W) iw_bad |= 1u << blk;
+    const uint32_t slab_s = smem_u32(slabs);
+    const uint32_t g_dst = slab_s + (r8 * 4 + cim) * 4;
 
-  // B descriptor (no swizzle, K-major): LBO = next 4 k (next ci), SBO = next 8 rows of u.
-  const uint32_t lbo = kSlabRows * 16, sbo = 128;
-  const uint32_t desc_w0 = ((p.variant & 2) ? (sbo >> 4) : (lbo >> 4)) << 16;
-  const uint32_t desc_w1 = (p.variant & 2) ? (lbo >> 4) : (sbo >> 4);
-  const int row_off = ((q + g.pw) >> 1) - (g.pw >> 1) + 1 - c;  // slab row of u = 0
-
-  // Epilogue: 8 lanes own one co row of 64 values (lane l8: ow = 4*l8..+3 and 32+4*l8..+3).
-  // Rows co and co+2 share a half warp: with kStageLd = 72 their 64-bit loads hit disjoint banks.
-  const int qq = lane >> 3, l8 = lane & 7;
-  const int co_e = warp * 4 + (((qq & 1) << 1) | (qq >> 1));
-  // gamma / beta of this lane's 8 columns stay in registers (shared-memory bandwidth is scarce).
-  float gam[8], bet[8];
+    // FASTW constants: this thread's combos are (a, ci4) = (warp & 1, (warp >> 1) + 4 j).
+    const int64_t chan = (int64_t)g.D * g.H * g.W;
+    const int64_t thr_src = (int64_t)(4 * (warp >> 1) + cim) * chan + r8;
+    const uint32_t thr_dst = g_dst + (uint32_t)(((warp & 1) * (CIN / 4) + (warp >> 1)) * kPlaneRows * 16 + 8 * 16);
+    auto load_pair = [&](const Item& it, int ih, int slot) {
+      const int id0 = (it.od + g.pd) >> 1;
+      if (FASTW) {
+        const int id = id0 - (warp & 1);
+        const bool ok = ih >= 0 && ih < g.H && id >= 0 && id < g.D;
+        const float* src = p.x + thr_src + (ok ? ((int64_t)it.n * CIN * g.D + id) * (g.H * g.W) + ih * g.W : 0);
+        const uint32_t dst = thr_dst + (uint32_t)(slot * kPairFloats * 4);
+        const uint32_t ignore = ok ? 0u : 1u;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    gam[j] = p.gamma ? p.gamma[4 * l8 + j] : 1.f;
-    gam[4 + j] = p.gamma ? p.gamma[32 + 4 * l8 + j] : 1.f;
-    bet[j] = p.beta ? p.beta[4 * l8 + j] : 0.f;
-    bet[4 + j] = p.beta ? p.beta[32 + 4 * l8 + j] : 0.f;
-  }
-  const float bias_e = p.bias ? p.bias[co_e] : 0.f;
-  const int64_t co_off = co_e * ((int64_t)g.Dout * g.Hout);  // row offset of channel co_e
-
-  // LayerNorm + GELU + scale of one finished item from its two partial tiles.
-  auto epilogue = [&](const float* stage, const Item& it) {
-    const float* st = stage + co_e * kStageLd + 2 * l8;
-    float v[8];
-    {
-      const float2 a0 = *reinterpret_cast<const float2*>(st);
-      const float2 a1 = *reinterpret_cast<const float2*>(st + 32);
-      const float2 b0 = *reinterpret_cast<const float2*>(st + 16);
-      const float2 b1 = *reinterpret_cast<const float2*>(st + 48);
-      const float2 c0 = *reinterpret_cast<const float2*>(st + 64 * kStageLd);
-      const float2 c1 = *reinterpret_cast<const float2*>(st + 64 * kStageLd + 32);
-      const float2 d0 = *reinterpret_cast<const float2*>(st + 64 * kStageLd + 16);
-      const float2 d1 = *reinterpret_cast<const float2*>(st + 64 * kStageLd + 48);
-      v[0] = a0.x + c0.x; v[1] = a1.x + c1.x; v[2] = a0.y + c0.y; v[3] = a1.y + c1.y;
-      v[4] = b0.x + d0.x; v[5] = b1.x + d1.x; v[6] = b0.y + d0.y; v[7] = b1.y + d1.y;
-    }
-    if (MODE == 2) {
-      const int64_t row = ((int64_t)it.n * 64 * g.Dout + it.od) * g.Hout + it.oh + co_off;
-      __stcs(reinterpret_cast<float4*>(p.y + row * 64 + 4 * l8), make_float4(v[0], v[1], v[2], v[3]));
-      __stcs(reinterpret_cast<float4*>(p.y + row * 64 + 32 + 4 * l8), make_float4(v[4], v[5], v[6], v[7]));
-      return;
-    }
-    float s8 = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-    s8 += __shfl_xor_sync(0xffffffffu, s8, 4);
-    s8 += __shfl_xor_sync(0xffffffffu, s8, 2);
-    s8 += __shfl_xor_sync(0xffffffffu, s8, 1);
-    const float mu = s8 * (1.f / 64.f);
-    float ss = 0.f;
+        for (int j = 0; j < (CIN + 15) / 16; ++j) {
+          if (CIN % 16 == 0 || (warp >> 1) + 4 * j < CIN / 4) {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      v[i] -= mu;
-      ss = fmaf(v[i], v[i], ss);
-    }
-    ss += __shfl_xor_sync(0xffffffffu, ss, 4);
-    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
-    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-    const float rs = rsqrtf(ss * (1.f / 64.f) + p.eps);
-    float o[8];
+            for (int blk = 0; blk < 4; ++blk)
+              cp_async4_zfill(dst + (uint32_t)(j * 4 * kPlaneRows * 16 + blk * 128), src + j * 16 * chan + 8 * blk,
+                              ignore, 1u);
+          }
+        }
+        return;
+      }
+      const bool ihok = ih >= 0 && ih < g.H;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) o[i] = gelu_scaled<TANH>(fmaf(v[i] * rs, gam[i], bet[i]), p.factor);
-    const int64_t row = ((int64_t)it.n * 64 * g.Dout + it.od) * g.Hout + it.oh + co_off;
-    float* yrow = p.y + row * 64 + 4 * l8;
-    __stcs(reinterpret_cast<float4*>(yrow), make_float4(o[0], o[1], o[2], o[3]));
-    __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(o[4], o[5], o[6], o[7]));
-    if (l8 == 0) {
-      p.mean[row] = mu + bias_e;  // the bias shifts z, so it shifts the mean and nothing else
-      p.rstd[row] = rs;
+      for (int cmb0 = 0; cmb0 < CIN / 2; cmb0 += 8) {  // (ci4, a) combos, 8 warps
+        const int cmb = cmb0 + warp;
+        if (CIN / 2 % 8 == 0 || cmb < CIN / 2) {
+          const int a = cmb & 1, ci4 = cmb >> 1;
+          const int id = id0 - a;
+          const bool ok = ihok && id >= 0 && id < g.D;
+          const uint32_t ignore = ok ? iw_bad : 0xFFu;
+          const float* src =
+              p.x + ((((int64_t)it.n * CIN + 4 * ci4 + cim) * g.D + (ok ? id : 0)) * g.H + (ok ? ih : 0)) * g.W +
+              (iw0 + r8);
+          const uint32_t dst = g_dst + (uint32_t)(slot * kPairFloats + (a * (CIN / 4) + ci4) * kPlaneRows * 4) * 4;
+#pragma unroll
+          for (int blk = 0; blk < kPlaneRows / 8; ++blk)
+            if (blk >= blk_lo && blk < blk_hi) cp_async4_zfill(dst + blk * 128, src + 8 * blk, ignore, 1u << blk);
+        }
+      }
+    };
+    // Item with pair counter P: loads its b = 0 pair (ih0); a restart also loads ih0 - 1.
+    auto load_item = [&](const Item& it, int P, bool restart) {
+      const int ih0 = (it.oh + g.ph) >> 1;
+      load_pair(it, ih0, P & (kPairSlots - 1));
+      if (restart) load_pair(it, ih0 - 1, (P - 1) & (kPairSlots - 1));
+    };
+
+    {  // zero all slots once (rows never gathered must read as zeros)
+      float4* z = reinterpret_cast<float4*>(slabs);
+      for (int i = tid; i < kPairSlots * kPairFloats / 4; i += 256) z[i] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
-  };
+    bar_sync(kBarMma, 256);  // zero stores before any cp.async into the same rows
 
-  uint32_t wa[KS * 4];
-  float acc[16];
-  int cur_cls = -1;
+    Item pre = decode_item(g, it0);  // next item to gather
+    int Pp = 1;
+    if (kGather) load_item(pre, Pp, true);
+    cp_async_commit();
+    if (it0 + 1 < it1) {
+      const bool cont = advance_item(g, pre);
+      Pp += cont ? 1 : 2;
+      if (kGather) load_item(pre, Pp, !cont);
+    }
+    cp_async_commit();
 
-  Item cur = decode_item(g, it0);  // item r
-  Item pre = cur;                  // item r + 2 (the next slab to gather)
-  if (kGather) load_slab<CIN>(g, p.x, g_dst, pre, g_ab, g_iw0, g_iw_bad, warp);
-  cp_async_commit();
-  advance_item(g, pre);
-  if (it0 + 1 < it1 && kGather) load_slab<CIN>(g, p.x, g_dst + kSlabFloats * 4, pre, g_ab, g_iw0, g_iw_bad, warp);
-  cp_async_commit();
-  advance_item(g, pre);
+    // B descriptor (no swizzle, K-major): LBO = next 4 k (next ci4 group), SBO = next 8 rows of u.
+    constexpr uint32_t kLbo = kPlaneRows * 16, kSbo = 128;
+    const uint32_t desc_w0 = ((p.variant & 2) ? (kSbo >> 4) : (kLbo >> 4)) << 16;
+    const uint32_t desc_w1 = (p.variant & 2) ? (kLbo >> 4) : (kSbo >> 4);
+    const int rho0 = (iw_min - iw0) + ((q + g.pw) >> 1) - (g.pw >> 1) + 1;  // slab row of u = 0, tap c = 0
+    const uint32_t row_base = slab_s + rho0 * 16;
 
-  Item prev = cur;
-  int sb = 0;
-  for (int r = it0; r < it1; ++r) {
-    cp_async_wait<1>();
-    fence_proxy_async();
-    __syncthreads();
-
-    {  // issue the 16 wgmmas of item r
+    uint32_t wa[KS * 4];
+    float acc[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) acc[i] = 0.f;
+    int cur_cls = -1;
+    Item cur = decode_item(g, it0);
+    int Pc = 1;
+    for (int r = it0, k = 0; r < it1; ++r, ++k) {
+      cp_async_wait<1>();
+      fence_proxy_async();
+      bar_sync(kBarMma, 256);
       if (cur.cls != cur_cls) {
-        const float4* src = g_wprep + ((size_t)(cur.cls * 2 + q) * CIN + c * KS) * 128 + wtid;
+        const float4* src = g_wprep + (size_t)(cur.cls * 2 + q) * CIN * 128 + wtid;
 #pragma unroll
         for (int s = 0; s < KS; ++s) {
           const float4 v = src[s * 128];
@@ -402,53 +405,153 @@ __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params
         }
         cur_cls = cur.cls;
       }
-      const uint32_t base = smem_u32(slabs + sb * kSlabFloats) + row_off * 16;
-      const uint32_t lo0 = ((base >> 4) & 0x3FFF) | desc_w0;
+      const uint32_t lo0 = (((row_base + (uint32_t)((Pc & (kPairSlots - 1)) * kPairFloats * 4)) >> 4) & 0x3FFF) | desc_w0;
+      const uint32_t lo1 =
+          (((row_base + (uint32_t)(((Pc - 1) & (kPairSlots - 1)) * kPairFloats * 4)) >> 4) & 0x3FFF) | desc_w0;
 #pragma unroll
       for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
       wgmma_fence();
 #pragma unroll
       for (int s = 0; s < (kMma ? KS : 0); ++s) {
-        const uint64_t desc = ((uint64_t)desc_w1 << 32) | (uint64_t)(lo0 + (uint32_t)(2 * s * kSlabRows));
+        // k-step s = ((a*2 + b)*2 + c)*KC + ci8: channels 8 ci8 .. +7 of tap (a, b, c).
+        const int ci8 = s % KC, t3 = s / KC, c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
+        const int off = (a * kPlaneFloats * 4 + ci8 * 2 * (int)kLbo) / 16 - c;
+        const uint32_t lo = (b ? lo1 : lo0) + (uint32_t)off;
+        const uint64_t desc = ((uint64_t)desc_w1 << 32) | (uint64_t)lo;
         if (s == 0)
           wgmma_m64n32k8<0>(acc, wa[0], wa[1], wa[2], wa[3], desc);
         else
           wgmma_m64n32k8<1>(acc, wa[4 * s], wa[4 * s + 1], wa[4 * s + 2], wa[4 * s + 3], desc);
       }
       wgmma_commit();
-    }
 
-    if (kEpi && r > it0) epilogue(stages + ((r - 1) & 1) * kStageFloats, prev);  // overlaps item r's wgmmas
+      if (r + 2 < it1) {  // gather item r + 2 while the tensor cores run
+        const bool cont = advance_item(g, pre);
+        Pp += cont ? 1 : 2;
+        if (kGather) load_item(pre, Pp, !cont);
+      }
+      cp_async_commit();
 
-    if (r + 2 < it1) {
-      const int sb2 = sb == 0 ? 2 : sb - 1;  // (sb + 2) % 3: last read by item r-1's wgmmas, done
-      if (kGather) load_slab<CIN>(g, p.x, g_dst + sb2 * kSlabFloats * 4, pre, g_ab, g_iw0, g_iw_bad, warp);
-      advance_item(g, pre);
-    }
-    cp_async_commit();
-
-    {  // wait for them and write this warpgroup's partial tile of item r
       wgmma_wait<0>();
 #pragma unroll
       for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
-      // Accumulator fragment: rows co = 16*wq + g (+8), cols u = 8j + 2t (+1).
-      float* st = stages + (r & 1) * kStageFloats + c * (64 * kStageLd);
-      const int co = 16 * (warp & 3) + (lane >> 2);
-      const int u = 2 * (lane & 3);
+      // LayerNorm partial statistics of this parity's 32 values of rows g and g+8: sum and sum of
+      // squared deviations from the partial mean; the epilogue merges the two parities (Chan).
+      float sA = 0.f, sB = 0.f, dA = 0.f, dB = 0.f;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        *reinterpret_cast<float2*>(st + co * kStageLd + q * 32 + 8 * j + u) = make_float2(acc[4 * j], acc[4 * j + 1]);
-        *reinterpret_cast<float2*>(st + (co + 8) * kStageLd + q * 32 + 8 * j + u) =
-            make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+        sA += acc[4 * j] + acc[4 * j + 1];
+        sB += acc[4 * j + 2] + acc[4 * j + 3];
       }
+      sA += __shfl_xor_sync(0xffffffffu, sA, 1);
+      sB += __shfl_xor_sync(0xffffffffu, sB, 1);
+      sA += __shfl_xor_sync(0xffffffffu, sA, 2);
+      sB += __shfl_xor_sync(0xffffffffu, sB, 2);
+      {
+        const float mA = sA * (1.f / 32.f), mB = sB * (1.f / 32.f);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float a0 = acc[4 * j] - mA, a1 = acc[4 * j + 1] - mA;
+          const float b0 = acc[4 * j + 2] - mB, b1 = acc[4 * j + 3] - mB;
+          dA = fmaf(a0, a0, fmaf(a1, a1, dA));
+          dB = fmaf(b0, b0, fmaf(b1, b1, dB));
+        }
+      }
+      dA += __shfl_xor_sync(0xffffffffu, dA, 1);
+      dB += __shfl_xor_sync(0xffffffffu, dB, 1);
+      dA += __shfl_xor_sync(0xffffffffu, dA, 2);
+      dB += __shfl_xor_sync(0xffffffffu, dB, 2);
+      if (k >= 2) bar_sync(kBarEmpty + (k & 1), 512);
+      {  // accumulator fragment: rows co = 16*wq + g (+8), cols u = 8j + 2t (+1)
+        float* st = stages + (k & 1) * kStageFloats;
+        const int co = 16 * (warp & 3) + (lane >> 2);
+        const int u = 2 * (lane & 3);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          *reinterpret_cast<float2*>(st + co * kStageLd + q * 32 + 8 * j + u) = make_float2(acc[4 * j], acc[4 * j + 1]);
+          *reinterpret_cast<float2*>(st + (co + 8) * kStageLd + q * 32 + 8 * j + u) =
+              make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+        }
+        if ((lane & 3) == 0) {  // [S_q, M2_q] in the row's padding: [64 + 2q, 65 + 2q]
+          *reinterpret_cast<float2*>(st + co * kStageLd + 64 + 2 * q) = make_float2(sA, dA);
+          *reinterpret_cast<float2*>(st + (co + 8) * kStageLd + 64 + 2 * q) = make_float2(sB, dB);
+        }
+      }
+      bar_arrive(kBarFull + (k & 1), 512);
+      const bool cont = advance_item(g, cur);
+      Pc += cont ? 1 : 2;
     }
-    prev = cur;
-    advance_item(g, cur);
-    sb = sb == 2 ? 0 : sb + 1;
+    cp_async_wait<0>();
+  } else {
+    // ======================================================== epilogue warpgroups
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kEpiRegs));
+    // 8 lanes own one co row of 64 values (lane l8: ow = 4*l8..+3 and 32+4*l8..+3), two rows per
+    // thread and item; rows co and co+2 share a half warp (disjoint banks with kStageLd = 72).
+    const int ew = warp - 8;
+    const int qq = lane >> 3, l8 = lane & 7;
+    const int rsub = ((qq & 1) << 1) | (qq >> 1);
+    const int co_r0 = ew * 8 + rsub;  // rows co_r0 and co_r0 + 4
+    float gam[8], bet[8];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      gam[j] = p.gamma ? p.gamma[4 * l8 + j] : 1.f;
+      gam[4 + j] = p.gamma ? p.gamma[32 + 4 * l8 + j] : 1.f;
+      bet[j] = p.beta ? p.beta[4 * l8 + j] : 0.f;
+      bet[4 + j] = p.beta ? p.beta[32 + 4 * l8 + j] : 0.f;
+    }
+    float bias_r[2];
+    bias_r[0] = p.bias ? p.bias[co_r0] : 0.f;
+    bias_r[1] = p.bias ? p.bias[co_r0 + 4] : 0.f;
+    const int64_t plane = (int64_t)g.Dout * g.Hout;
+    const int n_items = it1 - it0;
+    Item cur = decode_item(g, it0);
+    for (int k = 0; k < n_items; ++k) {
+      bar_sync(kBarFull + (k & 1), 512);
+      const float* stage = stages + (k & 1) * kStageFloats;
+      float v[2][8];
+      float4 stt[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        stt[i] = *reinterpret_cast<const float4*>(stage + (co_r0 + 4 * i) * kStageLd + 64);
+        const float* st = stage + (co_r0 + 4 * i) * kStageLd + 2 * l8;
+        const float2 a0 = *reinterpret_cast<const float2*>(st);
+        const float2 a1 = *reinterpret_cast<const float2*>(st + 32);
+        const float2 b0 = *reinterpret_cast<const float2*>(st + 16);
+        const float2 b1 = *reinterpret_cast<const float2*>(st + 48);
+        v[i][0] = a0.x; v[i][1] = a1.x; v[i][2] = a0.y; v[i][3] = a1.y;
+        v[i][4] = b0.x; v[i][5] = b1.x; v[i][6] = b0.y; v[i][7] = b1.y;
+      }
+      if (k + 2 < n_items) bar_arrive(kBarEmpty + (k & 1), 512);  // the MMA may refill this tile
+      if (kEpi) {
+        const int64_t row0 = ((int64_t)cur.n * 64 * g.Dout + cur.od) * g.Hout + cur.oh + co_r0 * plane;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int64_t row = row0 + 4 * i * plane;
+          float* yrow = p.y + row * 64 + 4 * l8;
+          if (MODE == 2) {
+            __stcs(reinterpret_cast<float4*>(yrow), make_float4(v[i][0], v[i][1], v[i][2], v[i][3]));
+            __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(v[i][4], v[i][5], v[i][6], v[i][7]));
+            continue;
+          }
+          // Merge of the two parities' (sum, M2) over 32 values each: M2 = M2_0 + M2_1 + (S0 - S1)^2 / 64.
+          const float mu = (stt[i].x + stt[i].z) * (1.f / 64.f);
+          const float dS = stt[i].x - stt[i].z;
+          const float m2 = fmaf(dS * dS, 1.f / 64.f, stt[i].y + stt[i].w);
+          const float rs = rsqrtf(m2 * (1.f / 64.f) + p.eps);
+          float o[8];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) o[j] = gelu_scaled<TANH>(fmaf((v[i][j] - mu) * rs, gam[j], bet[j]), p.factor);
+          __stcs(reinterpret_cast<float4*>(yrow), make_float4(o[0], o[1], o[2], o[3]));
+          __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(o[4], o[5], o[6], o[7]));
+          if (l8 == 0) {
+            p.mean[row] = mu + bias_r[i];  // the bias shifts z, so it shifts the mean and nothing else
+            p.rstd[row] = rs;
+          }
+        }
+      }
+      advance_item(g, cur);
+    }
   }
-  cp_async_wait<0>();
-  __syncthreads();
-  if (kEpi) epilogue(stages + ((it1 - 1) & 1) * kStageFloats, prev);
 }
 
 // ---------------------------------------------------------------- FP32 kernel (precise mode)
@@ -557,9 +660,11 @@ inline int device_sm_count() {
 
 template <int CIN, bool TANH, int MODE = 0>
 void launch_tc(const Params& p, const float* w, cudaStream_t stream) {
-  constexpr size_t smem = (3 * CIN * kSlabRows * 4 + 2 * 2 * 64 * kStageLd + 128) * sizeof(float);
+  constexpr size_t smem = ((size_t)kPairSlots * 2 * CIN * kPlaneRows + 2 * 64 * kStageLd) * sizeof(float);
   static const bool configured = [] {
-    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         (int)smem);
+    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          (int)smem);
     return true;
   }();
@@ -568,7 +673,10 @@ void launch_tc(const Params& p, const float* w, cudaStream_t stream) {
   prep_weights_kernel<CIN><<<(prep_n + 255) / 256, 256, 0, stream>>>(w, p.g.pw, p.variant);
   const int sms = device_sm_count();
   const int grid = p.g.total < sms ? p.g.total : sms;
-  fused_conv_tc_kernel<CIN, TANH, MODE><<<grid, kThreads, smem, stream>>>(p);
+  if (p.g.W == 32 && p.g.pw == 1)
+    fused_conv_tc_kernel<CIN, TANH, MODE, true><<<grid, kThreads, smem, stream>>>(p);
+  else
+    fused_conv_tc_kernel<CIN, TANH, MODE, false><<<grid, kThreads, smem, stream>>>(p);
 }
 
 template <bool TANH>

@@ -4,6 +4,7 @@
 //        bench/standalone/fused_conv_check.cu -o fc
 //   ./fc            probe + correctness at small, odd and mid shapes + flagship + batch 128 + timing
 //   ./fc --small    one small case per mode (for compute-sanitizer)
+//   ./fc --prof     one flagship launch and nothing else (for ncu)
 // Reference: a direct transposed convolution written from the definition
 // (od = id*2 - pad + kd, every tap tested) in float64 and in float32 on the GPU, followed by a
 // row-wise LayerNorm/GELU/scale in the same precision. Outputs are NaN-poisoned before each run,
@@ -406,6 +407,14 @@ int main(int argc, char** argv) {
   printf("device: %s, %d SMs, L2 %d MB, seed %llu\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20,
          (unsigned long long)g_seed);
 
+  if (argc > 1 && std::strcmp(argv[1], "--prof") == 0) {  // one flagship launch, for a profiler
+    const Case c = {"flagship N32", 32, 32, 16, 32, 32, 1, 1, 1, 0, 0, 0, true, false, 1.0f};
+    Buffers B = make_buffers(c);
+    run_kernel(c, B, false, minidl::fused_conv_detail::kDefaultVariant);
+    CK(cudaDeviceSynchronize());
+    free_buffers(B);
+    return 0;
+  }
   if (small) {
     const Case c = {"small N1 D3 H5", 1, 32, 3, 5, 32, 1, 1, 1, 0, 0, 0, true, false, 0.7f};
     correctness_case(c, minidl::fused_conv_detail::kDefaultVariant);
