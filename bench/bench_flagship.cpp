@@ -1,13 +1,14 @@
 // Times minidl on the flagship: forward, and a training step (forward + backward from a given
 // dL/dy), with fusion on and off. CUDA events around each region, 3 warm-ups, median of --reps;
-// peak device memory above the inputs for the training step. Prints one "RESULT" line per
-// measurement for bench/gpu_bench.py to put beside PyTorch's numbers.
+// peak device memory above the inputs for the training step; with --kernels also each op alone.
+// Prints one "RESULT" line per measurement for bench/gpu_bench.py to put beside PyTorch's numbers.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <vector>
 
 #include "examples/flagship_model.h"
+#include "graph/executor.h"
 #include "nn/compiled.h"
 #ifdef MINIDL_WITH_CUDA
 #include "core/cuda_check.cuh"
@@ -56,6 +57,56 @@ Stats time_region(Device dev, int warmup, int reps, F f) {
 
 }  // namespace
 
+// Times single ops of the flagship at its size through the executor (outputs come from the caching
+// allocator, so the region is the kernel launches): the building blocks the table above adds up.
+void time_kernels(Device dev, const examples::FlagshipConfig& cfg, int warmup, int reps) {
+  const Shape xs = cfg.input_shape(), ys = cfg.output_shape();
+  const int64_t W = ys.back();
+  Shape rows(ys.begin(), ys.end() - 1);
+  const Shape ws{cfg.in_channels, cfg.out_channels, cfg.kernel, cfg.kernel, cfg.kernel};
+  const Attrs conv{{"stride", AttrValue::IntList({cfg.stride, cfg.stride, cfg.stride})},
+                   {"padding", AttrValue::IntList({cfg.padding, cfg.padding, cfg.padding})}};
+  Attrs grad_in = conv, grad_w = conv;
+  grad_in.set("input_shape", AttrValue::IntList(xs));
+  grad_w.set("kernel_size", AttrValue::IntList({cfg.kernel, cfg.kernel, cfg.kernel}));
+  const Attrs epi{{"eps", AttrValue::Float(cfg.eps)}, {"factor", AttrValue::Float(cfg.scale)}};
+  Attrs fconv = conv;
+  for (const auto& [k, v] : epi.items()) fconv.set(k, v);
+  struct Case {
+    const char* name;
+    const char* op;
+    std::vector<std::pair<std::string, Shape>> inputs;
+    Attrs attrs;
+  };
+  const std::vector<Case> cases = {
+      {"fused_conv_ln_gelu_scale", "fused_conv_transpose3d_ln_gelu_scale",
+       {{"x", xs}, {"w", ws}, {"cb", {cfg.out_channels}}, {"g", {W}}, {"b", {W}}}, fconv},
+      {"conv_transpose3d", "conv_transpose3d", {{"x", xs}, {"w", ws}, {"cb", {cfg.out_channels}}}, conv},
+      {"conv_grad_input", "conv_transpose3d_grad_input", {{"dy", ys}, {"w", ws}}, grad_in},
+      {"conv_grad_weight", "conv_transpose3d_grad_weight", {{"x", xs}, {"dy", ys}}, grad_w},
+      {"fused_ln_gelu_scale", "fused_ln_gelu_scale", {{"z", ys}, {"g", {W}}, {"b", {W}}}, epi},
+      {"fused_ln_gelu_scale_bwd", "fused_ln_gelu_scale_backward",
+       {{"dy", ys}, {"z", ys}, {"g", {W}}, {"b", {W}}, {"mean", rows}, {"rstd", rows}}, epi},
+      {"fused_ln_gelu_scale_bwd_nostats", "fused_ln_gelu_scale_backward",
+       {{"dy", ys}, {"z", ys}, {"g", {W}}, {"b", {W}}}, epi},
+  };
+  uint64_t seed = 100;
+  for (const Case& c : cases) {
+    Graph g(c.name);
+    std::vector<Value*> ins;
+    std::map<std::string, Tensor> feeds;
+    for (const auto& [name, shape] : c.inputs) {
+      ins.push_back(g.add_input(name, shape));
+      // rstd must be positive; everything else is fresh random data
+      feeds[name] = Tensor::uniform(shape, name == "rstd" ? 0.5 : -1.0, 1.0, seed++, DType::F32, dev);
+    }
+    g.set_outputs({g.add(c.op, ins, c.attrs)});
+    Executor ex(g, dev);
+    Stats st = time_region(dev, warmup, reps, [&] { ex.run(feeds); });
+    std::printf("RESULT kernel %s %.4f %.4f %.4f 0\n", c.name, st.median, st.min, st.max);
+  }
+}
+
 int main(int argc, char** argv) try {
   examples::Args a(argc, argv);
   Device dev = examples::parse_device_option(a);
@@ -63,6 +114,7 @@ int main(int argc, char** argv) try {
   examples::FlagshipConfig cfg = examples::parse_flagship_config(a, dev, &reduced);
   const int reps = static_cast<int>(a.get_int("--reps", 20));
   const int warmup = static_cast<int>(a.get_int("--warmup", 3));
+  const bool kernels = a.flag("--kernels");
   a.finish();
   std::printf("bench_flagship: %s on %s%s\n", cfg.str().c_str(), dev.str().c_str(),
               reduced ? " (reduced size: no GPU)" : "");
@@ -91,6 +143,7 @@ int main(int argc, char** argv) try {
     std::printf("RESULT %s train_step %.4f %.4f %.4f %zu\n", name, s.median, s.min, s.max, peak);
     for (auto& p : model->parameters()) p->grad = Tensor();
   }
+  if (kernels) time_kernels(dev, cfg, warmup, reps);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "bench_flagship: error: %s\n", e.what());

@@ -94,7 +94,7 @@ def main():
     del model, x, gy
     torch.cuda.empty_cache()
 
-    p = subprocess.run([os.path.join(build, "bench_flagship"), "--device", "cuda", "--reps", str(REPS)],
+    p = subprocess.run([os.path.join(build, "bench_flagship"), "--device", "cuda", "--reps", str(REPS), "--kernels"],
                        check=True, capture_output=True, text=True)
     sys.stdout.write(p.stdout)
     for line in p.stdout.splitlines():
@@ -123,6 +123,18 @@ def main():
             f"| {name} | {f[0]:.3f} ({f[1]:.3f}-{f[2]:.3f}) | {eager_f / f[0]:.2f} | {comp_f / f[0]:.2f} | "
             f"{137.4e9 / (f[0] * 1e-3) / 1e12:.0f} | {(2**30 + 2**26) / (f[0] * 1e-3) / 1e9:.0f} | "
             f"{t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f}) | {eager_t / t[0]:.2f} | {comp_t / t[0]:.2f} | {t[3] / 2**20:.0f} |")
+    # Single ops at the flagship size: time, and GB/s over the bytes each must move at least once.
+    gib = 2**30
+    op_bytes = {"fused_conv_ln_gelu_scale": gib + 2**26, "conv_transpose3d": gib + 2**26,
+                "conv_grad_input": gib + 2**26, "conv_grad_weight": gib + 2**26,
+                "fused_ln_gelu_scale": 2 * gib + 2**25, "fused_ln_gelu_scale_bwd": 3 * gib + 2**25,
+                "fused_ln_gelu_scale_bwd_nostats": 3 * gib}
+    lines += ["", "| op alone (flagship size) | ms | floor ms (bytes at copy speed) | GB/s |", "| --- | --- | --- | --- |"]
+    for name, nbytes in op_bytes.items():
+        if ("kernel", name) in res:
+            med, lo, hi, _ = res[("kernel", name)]
+            lines.append(f"| {name} | {med:.3f} ({lo:.3f}-{hi:.3f}) | {nbytes / (copy_tbs * 1e12) * 1e3:.3f} | "
+                         f"{nbytes / (med * 1e-3) / 1e9:.0f} |")
     table = "\n".join(lines)
     with open(os.path.join(out, "RESULTS.md"), "w") as f:
         f.write("# Benchmark results\n\n" + table + "\n")
