@@ -16,6 +16,8 @@
 // summed in a fixed order (deterministic). grad_bias is a two-stage fixed-order reduction.
 #include <mma.h>
 
+#include <cstdlib>
+
 #include "core/cuda_check.cuh"
 #include "core/cuda_runtime.h"
 #include "ops/cuda_kernels.h"
@@ -164,7 +166,8 @@ __device__ __forceinline__ void store_acc(float* Cs, FragC (&acc)[2][2], int wm,
 }
 
 // ---- forward and grad_input: gather GEMM ------------------------------------------------------
-__global__ void __launch_bounds__(NT) gather_gemm_kernel(GatherArgs args) {
+template <int kMinBlocks>
+__global__ void __launch_bounds__(NT, kMinBlocks) gather_gemm_kernel(GatherArgs args) {
   __shared__ __align__(128) float smem[SMEM_FLOATS];
   float* As = smem;
   float* Bs = smem + BK * LDA;
@@ -308,6 +311,21 @@ __global__ void pack_grad_input_weights(const float* __restrict__ w, float* __re
   }
 }
 
+// Blocks per SM the GEMM kernels are compiled for: 2 (up to 128 registers, the default) or 3
+// (up to 80 registers, more warps to hide the gather latency). MINIDL_CONV_MINBLOCKS=3 picks the
+// second; bench/NOTES.md has the measurements.
+int conv_min_blocks() {
+  const char* v = std::getenv("MINIDL_CONV_MINBLOCKS");
+  return v && v[0] == '3' ? 3 : 2;
+}
+
+void launch_gather(const dim3& grid, const GatherArgs& a) {
+  if (conv_min_blocks() == 3)
+    gather_gemm_kernel<3><<<grid, NT, 0, cuda::stream()>>>(a);
+  else
+    gather_gemm_kernel<2><<<grid, NT, 0, cuda::stream()>>>(a);
+}
+
 void check_geo_fits(const char* op, const ops::ConvGeom& g) {
   const int64_t lim = int64_t(1) << 30;
   MINIDL_CHECK(g.N < lim && g.Cin < lim && g.Cout < lim && g.Cin * g.k[0] * g.k[1] * g.k[2] < lim &&
@@ -359,7 +377,7 @@ void conv_forward_cuda(KernelContext& ctx) {
   a.dst = y.data<float>();
   a.Ncols = g.Cout;
   const dim3 grid{unsigned((max_m + BM - 1) / BM), unsigned((g.Cout + BN - 1) / BN), unsigned(phases)};
-  gather_gemm_kernel<<<grid, NT, 0, st>>>(a);
+  launch_gather(grid, a);
   MINIDL_LAUNCH_CHECK(op);
 }
 
@@ -391,7 +409,7 @@ void conv_grad_input_cuda(KernelContext& ctx) {
   const int64_t M = int64_t(g.N) * g.in[0] * g.in[1] * g.in[2];
   MINIDL_CHECK((g.Cin + BN - 1) / BN <= 65535, op, ": too many input channels");
   const dim3 grid{unsigned((M + BM - 1) / BM), unsigned((g.Cin + BN - 1) / BN), 1u};
-  gather_gemm_kernel<<<grid, NT, 0, st>>>(a);
+  launch_gather(grid, a);
   MINIDL_LAUNCH_CHECK(op);
 }
 
@@ -399,7 +417,8 @@ void conv_grad_input_cuda(KernelContext& ctx) {
 // C[m = (co, tap), n = ci] = sum over k = (batch, input position) of
 //   dy[b, co, i*s - p + kk(tap)] * x[b, ci, i]; block z covers k in [z*chunk, (z+1)*chunk) and writes
 // its tile to part[z][ci][m].
-__global__ void __launch_bounds__(NT) grad_weight_kernel(Geo g, const float* __restrict__ x,
+template <int kMinBlocks>
+__global__ void __launch_bounds__(NT, kMinBlocks) grad_weight_kernel(Geo g, const float* __restrict__ x,
                                                          const float* __restrict__ dy, float* __restrict__ part,
                                                          int64_t chunk) {
   __shared__ __align__(128) float smem[SMEM_FLOATS];
@@ -522,7 +541,10 @@ void conv_grad_weight_cuda(KernelContext& ctx) {
   cudak::DeviceBuffer part(size_t(splits * nelem) * sizeof(float));
   cudaStream_t st = cuda::stream();
   const dim3 grid{unsigned(mt), unsigned(nt), unsigned(splits)};
-  grad_weight_kernel<<<grid, NT, 0, st>>>(g, x.data<float>(), dy.data<float>(), part.as<float>(), chunk);
+  if (conv_min_blocks() == 3)
+    grad_weight_kernel<3><<<grid, NT, 0, st>>>(g, x.data<float>(), dy.data<float>(), part.as<float>(), chunk);
+  else
+    grad_weight_kernel<2><<<grid, NT, 0, st>>>(g, x.data<float>(), dy.data<float>(), part.as<float>(), chunk);
   MINIDL_LAUNCH_CHECK(op);
   sum_splits<<<cudak::grid_for(nelem, 256, 4), 256, 0, st>>>(part.as<float>(), splits, nelem, dw.data<float>());
   MINIDL_LAUNCH_CHECK(op);

@@ -30,3 +30,4 @@ LIBOBJ=$(ls $O/obj/*.o | grep -v 'tests_')
 LIBS="-L/usr/local/cuda/lib64 -lcudart -lcublas -lpthread"
 g++ -o "$O/cuda_tests" $O/obj/tests_*.o $LIBOBJ $LIBS && echo "built $O/cuda_tests"
 nvcc $NVFLAGS -o "$O/kernel_bench" bench/standalone/kernel_bench.cu $LIBOBJ -lcublas && echo "built $O/kernel_bench"
+nvcc $NVFLAGS -o "$O/conv_check" bench/standalone/conv_check.cu $LIBOBJ -lcublas && echo "built $O/conv_check"

@@ -1,7 +1,9 @@
 // CUDA conv_transpose3d and its gradient ops (TF32 tensor cores) against the CPU kernels in f64:
-// the flagship's stride-2 / kernel-4 / padding-1 configuration at small sizes, the channel
-// counts that take the fast gather path (multiples of 32) and ones that do not, and other
-// strides, kernels, paddings and output paddings (phases with no taps included).
+// the flagship's stride-2 / kernel-4 / padding-1 configuration at small sizes, including the
+// mma fast paths (C_in 32, C_out 64, input width 32: odd D, H not a multiple of the kernels'
+// 4-row groups) and the same channels with an output padding (which must take the general
+// path), the channel counts that take the general path's fast gather (multiples of 32) and ones
+// that do not, and other strides, kernels, paddings and output paddings (phases with no taps).
 #include "cuda_op_check.h"
 
 using namespace minidl;
@@ -28,6 +30,8 @@ std::vector<ConvCase> cases() {
       {{2, 5, 4, 3, 5}, {5, 32, 3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, false},   // stride 1
       {{1, 3, 3, 4, 2}, {3, 7, 2, 3, 2}, {3, 2, 3}, {0, 1, 0}, {1, 1, 2}, true},     // taps-free phases, out padding
       {{1, 6, 2, 3, 4}, {6, 4, 5, 4, 3}, {2, 3, 1}, {2, 1, 0}, {1, 0, 0}, false},    // mixed
+      {{2, 32, 3, 5, 32}, {32, 64, 4, 4, 4}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, true},  // mma fast paths
+      {{1, 32, 2, 2, 32}, {32, 64, 4, 4, 4}, {2, 2, 2}, {1, 1, 1}, {1, 0, 1}, false}, // out padding: general
   };
 }
 
@@ -96,5 +100,25 @@ TEST_SUITE("cuda/conv_transpose3d") {
     Tensor x = rand_f32(c.x, 301), dy = rand_f32(y, 302);
     RunResult r1 = run_cpu_vs_cuda(b, {x, dy}), r2 = run_cpu_vs_cuda(b, {x, dy});
     CHECK(max_abs_diff(r1.gpu[0], r2.gpu[0]) == 0.0);
+  }
+
+  TEST_CASE("fast-path grad_weight and grad_input are deterministic") {
+    if (!minidl_test::require_gpu()) return;
+    const Shape xs{2, 32, 2, 3, 32}, ws{32, 64, 4, 4, 4}, y{2, 64, 4, 6, 64};
+    const Attrs gw{{"stride", AttrValue::IntList({2, 2, 2})}, {"padding", AttrValue::IntList({1, 1, 1})},
+                   {"kernel_size", AttrValue::IntList({4, 4, 4})}};
+    const Attrs gi{{"stride", AttrValue::IntList({2, 2, 2})}, {"padding", AttrValue::IntList({1, 1, 1})},
+                   {"input_shape", AttrValue::IntList(xs)}};
+    auto bw = [&](Graph& g, DType t) {
+      return g.add_node("conv_transpose3d_grad_weight", {g.add_input("x", xs, t), g.add_input("dy", y, t)}, gw);
+    };
+    auto bi = [&](Graph& g, DType t) {
+      return g.add_node("conv_transpose3d_grad_input", {g.add_input("dy", y, t), g.add_input("w", ws, t)}, gi);
+    };
+    Tensor x = rand_f32(xs, 311, 0.0, 1.0), dy = rand_f32(y, 312), w = rand_f32(ws, 313);
+    RunResult r1 = run_cpu_vs_cuda(bw, {x, dy}), r2 = run_cpu_vs_cuda(bw, {x, dy});
+    CHECK(max_abs_diff(r1.gpu[0], r2.gpu[0]) == 0.0);
+    RunResult s1 = run_cpu_vs_cuda(bi, {dy, w}), s2 = run_cpu_vs_cuda(bi, {dy, w});
+    CHECK(max_abs_diff(s1.gpu[0], s2.gpu[0]) == 0.0);
   }
 }
