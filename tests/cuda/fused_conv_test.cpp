@@ -1,0 +1,108 @@
+// The fused conv_transpose3d -> LayerNorm -> GELU -> scale CUDA kernel against the CPU backend
+// (the unfused CPU kernels, composed, in f64): y and the saved row statistics, in TF32 and in the
+// precise mode, over batch 1, odd depth/height, channel counts the tile supports, the flagship
+// size, and batch 128 (a 4 GiB output, checked on its first and last items).
+#include <algorithm>
+#include <cmath>
+
+#include "cuda_op_check.h"
+
+using namespace minidl;
+using namespace minidl_cuda_test;
+
+namespace {
+
+const char* kOp = "fused_conv_transpose3d_ln_gelu_scale";
+
+Attrs fused_conv_attrs(bool precise, const char* approx = "none", double factor = 1.0) {
+  return {{"stride", AttrValue::IntList({2, 2, 2})}, {"padding", AttrValue::IntList({1, 1, 1})},
+          {"approximate", AttrValue::Str(approx)},   {"factor", AttrValue::Float(factor)},
+          {"precise", AttrValue::Bool(precise)}};
+}
+
+NodeBuilder fused_conv_node(const Shape& x, int64_t cout, bool bias, const Attrs& attrs) {
+  return [=](Graph& g, DType t) {
+    const int64_t W = 2 * x[4];
+    return g.add_node(kOp,
+                      {g.add_input("x", x, t), g.add_input("w", {x[1], cout, 4, 4, 4}, t),
+                       bias ? g.add_input("cb", {cout}, t) : nullptr, g.add_input("g", {W}, t),
+                       g.add_input("b", {W}, t)},
+                      attrs);
+  };
+}
+
+std::vector<Tensor> fused_conv_inputs(const Shape& x, int64_t cout, bool bias, uint64_t seed) {
+  const int64_t W = 2 * x[4];
+  const double bound = 1.0 / std::sqrt(static_cast<double>(cout * 64));
+  return {Tensor::uniform(x, 0, 1, seed, DType::F32),  // like torch.rand
+          rand_f32({x[1], cout, 4, 4, 4}, seed + 1, -bound, bound),
+          bias ? rand_f32({cout}, seed + 2, -bound, bound) : Tensor(), rand_f32({W}, seed + 3, 0.5, 1.5),
+          rand_f32({W}, seed + 4, -0.5, 0.5)};
+}
+
+}  // namespace
+
+TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
+  TEST_CASE("matches the CPU in TF32 and in precise mode over several shapes") {
+    if (!minidl_test::require_gpu()) return;
+    struct C {
+      Shape x;
+      bool bias;
+      const char* approx;
+      double factor;
+    };
+    const std::vector<C> cases = {{{1, 32, 2, 2, 32}, true, "none", 1.0},  // batch 1
+                                  {{2, 32, 3, 5, 32}, true, "tanh", 0.5},  // odd depth and height
+                                  {{1, 8, 5, 3, 32}, false, "none", 2.0},  // C_in 8, no conv bias
+                                  {{3, 16, 1, 7, 32}, true, "none", -1.0}};
+    uint64_t seed = 500;
+    for (const C& c : cases)
+      for (bool precise : {false, true}) {
+        const std::string what = std::string(kOp) + " x " + shape_str(c.x) + (precise ? " precise" : " tf32");
+        // y and the statistics: TF32 within the tensor-core bound, precise within FP32's.
+        const double tol = precise ? kFp32Tol : kTf32Tol;
+        check_op(what, fused_conv_node(c.x, 64, c.bias, fused_conv_attrs(precise, c.approx, c.factor)),
+                 fused_conv_inputs(c.x, 64, c.bias, seed), {tol});
+        seed += 10;
+      }
+  }
+
+  TEST_CASE("the flagship size matches the CPU") {
+    if (!minidl_test::require_gpu()) return;
+    const Shape x{32, 32, 16, 32, 32};
+    check_op(std::string(kOp) + " flagship", fused_conv_node(x, 64, true, fused_conv_attrs(false)),
+             fused_conv_inputs(x, 64, true, 600), {kTf32Tol});
+  }
+
+  TEST_CASE("batch 128 (4 GiB output): first and last items match the CPU") {
+    if (!minidl_test::require_gpu()) return;
+    const Shape x{128, 32, 16, 32, 32};
+    const Shape y{128, 64, 32, 64, 64};
+    std::vector<Tensor> ins = fused_conv_inputs(x, 64, true, 700);
+    Graph g("big");
+    Node* n = fused_conv_node(x, 64, true, fused_conv_attrs(false))(g, DType::F32);
+    std::vector<Tensor> dev_ins;
+    for (const Tensor& t : ins) dev_ins.push_back(t.to(Device::cuda()));
+    std::vector<Tensor> outs;
+    for (const Value* v : n->outputs) outs.push_back(minidl_test::poisoned(v->shape(), DType::F32, Device::cuda()));
+    KernelContext ctx{*n, dev_ins, outs};
+    op_schema(kOp).cuda_kernel(ctx);
+    cuda::synchronize();
+    Tensor y_gpu = ctx.outputs[0].cpu();
+    dev_ins.clear();
+    ctx.outputs.clear();
+    // The CPU reference on a batch of items 0 and 127.
+    const int64_t item = shape_numel(x) / 128, out_item = shape_numel(y) / 128;
+    Tensor x2 = Tensor::empty({2, 32, 16, 32, 32});
+    std::copy(ins[0].data<float>(), ins[0].data<float>() + item, x2.data<float>());
+    std::copy(ins[0].data<float>() + 127 * item, ins[0].data<float>() + 128 * item, x2.data<float>() + item);
+    std::vector<Tensor> ref_ins = ins;
+    ref_ins[0] = x2;
+    RunResult ref = run_cpu_vs_cuda(fused_conv_node({2, 32, 16, 32, 32}, 64, true, fused_conv_attrs(false)), ref_ins);
+    Tensor got = Tensor::empty({2, 64, 32, 64, 64});
+    std::copy(y_gpu.data<float>(), y_gpu.data<float>() + out_item, got.data<float>());
+    std::copy(y_gpu.data<float>() + 127 * out_item, y_gpu.data<float>() + 128 * out_item, got.data<float>() + out_item);
+    minidl_test::check_close(got, ref.ref[0], kTf32Tol, "batch 128, items 0 and 127");
+    CHECK(all_finite(y_gpu));  // every element of the 4 GiB output was written
+  }
+}
