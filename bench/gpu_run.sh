@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The one GPU script: builds (Release, sm_90a), runs the test suite (CUDA cases included), the
 # PyTorch cross-check and the benchmark, and prints a short table last.
-#   bench/gpu_run.sh OUT_DIR [build|test|check|bench|sanitize ...]   (default: all but sanitize)
+#   bench/gpu_run.sh OUT_DIR [build|test|flagship|train|check|bench|sanitize ...]
+#   (default: all but sanitize)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/gpu_run.sh OUT_DIR [stages...]}
 shift
-STAGES=${*:-build test train check bench}
+STAGES=${*:-build test flagship train check bench}
 mkdir -p "$OUT"
 BUILD=${MINIDL_BUILD_DIR:-build-gpu}
 WORK=${MINIDL_WORK_DIR:-/tmp/minidl-work}
@@ -34,6 +35,11 @@ for s in $STAGES; do
       if "$BUILD/minidl_tests" 2>&1 | tee "$OUT/tests.log" | tail -n 25; then :; fi
       if grep -q "Status: SUCCESS" "$OUT/tests.log"; then record tests "$(grep -E '^\[doctest\] (test cases|assertions)' "$OUT/tests.log" | tr -s ' ' | paste -sd ';')"
       else record tests "FAILED: $(grep -E '^\[doctest\] (test cases|assertions)' "$OUT/tests.log" | tr -s ' ' | paste -sd ';')"; status=1; fi ;;
+    flagship)
+      stage "flagship example (fused vs unfused, full size)"
+      if "$BUILD/flagship" --device cuda --reps 5 2>&1 | tee "$OUT/flagship.log" | tail -n 16; then :; fi
+      grep -q "fused and unfused agree" "$OUT/flagship.log" && record flagship "fused and unfused agree" ||
+        { record flagship FAILED; status=1; } ;;
     train)
       stage "train (flagship size, GPU)"
       if "$BUILD/train" --device cuda --steps 60 --print-every 10 --expect-drop 2 --max-seconds 120 2>&1 | tee "$OUT/train.log" | tail -n 8; then :; fi

@@ -24,7 +24,8 @@ TEST_SUITE("cuda/model") {
       Tensor x = Tensor::uniform(cfg.input_shape(), 0, 1, 79);
       Tensor gy = Tensor::normal(cfg.output_shape(), 0, 1, 80);
       for (bool fuse : {true, false}) {
-        INFO("C_in " << cin << (fuse ? " fused" : " unfused"));
+        const std::string what = "C_in " + std::to_string(cin) + (fuse ? " fused" : " unfused");
+        INFO(what);
         auto run = [&](Device dev) {
           model->to(dev);
           for (auto& p : model->parameters()) p->grad = Tensor();
@@ -39,8 +40,8 @@ TEST_SUITE("cuda/model") {
         std::vector<Tensor> cpu = run(Device::cpu()), gpu = run(Device::cuda());
         const char* names[] = {"y", "grad x", "grad conv weight", "grad conv bias", "grad ln weight", "grad ln bias"};
         for (size_t i = 0; i < cpu.size(); ++i) {
-          if (i == 3) {  // zero in exact arithmetic: judged by absolute size
-            CHECK_MESSAGE(max_abs_diff(gpu[i], cpu[i]) < 1e-3, names[i]);
+          if (i == 3) {  // zero in exact arithmetic: rounding noise of a sum over every row, judged by size
+            CHECK_MESSAGE(max_abs_diff(gpu[i], cpu[i]) < 1e-2, names[i]);
             continue;
           }
           minidl_test::check_close(gpu[i], cpu[i], 2e-3, names[i]);  // TF32 tensor-core paths
