@@ -44,6 +44,29 @@ __device__ __forceinline__ float sum32(float v) {
 struct F4 {
   float v[4];
 };
+
+// Mean and rstd of a 64-wide row held as one float4 per lane of a 16-lane group.
+__device__ __forceinline__ void row64_stats(const F4& x, float eps, float& mean, float& rstd) {
+  mean = sum16((x.v[0] + x.v[1]) + (x.v[2] + x.v[3])) * (1.0f / 64);
+  float sq = 0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) sq = fmaf(x.v[j] - mean, x.v[j] - mean, sq);
+  rstd = rsqrtf(sum16(sq) * (1.0f / 64) + eps);
+}
+
+// Mean and rstd of a row of n values read by the 32 lanes of a warp (every lane gets both).
+__device__ __forceinline__ void warp_row_stats(const float* x, int64_t n, float eps, int lane, float& mean,
+                                               float& rstd) {
+  float s = 0;
+  for (int64_t i = lane; i < n; i += 32) s += x[i];
+  mean = sum32(s) / float(n);
+  float sq = 0;
+  for (int64_t i = lane; i < n; i += 32) {
+    const float d = x[i] - mean;
+    sq += d * d;
+  }
+  rstd = rsqrtf(sum32(sq) / float(n) + eps);
+}
 __device__ __forceinline__ F4 ld4(const float* p) {
   const float4 t = __ldg(reinterpret_cast<const float4*>(p));
   return F4{{t.x, t.y, t.z, t.w}};
@@ -144,18 +167,12 @@ __global__ void __launch_bounds__(kBlock) ln_fwd_d64(LnForwardArgs a, int64_t nt
 #pragma unroll
     for (int k = 0; k < kRpt; ++k) {
       const int64_t row = t * kTileRows + grp + k * kRowsPerPass;
-      const float mean = sum16((x[k].v[0] + x[k].v[1]) + (x[k].v[2] + x[k].v[3])) * (1.0f / 64);
-      float d[4], sq = 0;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        d[j] = x[k].v[j] - mean;
-        sq = fmaf(d[j], d[j], sq);
-      }
-      const float rstd = rsqrtf(sum16(sq) * (1.0f / 64) + a.eps);
+      float mean, rstd;
+      row64_stats(x[k], a.eps, mean, rstd);
       F4 y;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const float v = fmaf(d[j] * rstd, w.v[j], b.v[j]);
+        const float v = fmaf((x[k].v[j] - mean) * rstd, w.v[j], b.v[j]);
         if (!kGelu)
           y.v[j] = v;
         else if (a.tanh_approx)
@@ -188,15 +205,8 @@ __global__ void __launch_bounds__(kBlock) ln_fwd_rows(LnForwardArgs a) {
   const int64_t n = a.cols;
   for (int64_t r = blockIdx.x * int64_t(kBlock / 32) + (threadIdx.x >> 5); r < a.rows; r += W) {
     const float* x = a.x + r * n;
-    float s = 0;
-    for (int64_t i = lane; i < n; i += 32) s += x[i];
-    const float mean = sum32(s) / float(n);
-    float sq = 0;
-    for (int64_t i = lane; i < n; i += 32) {
-      const float d = x[i] - mean;
-      sq += d * d;
-    }
-    const float rstd = rsqrtf(sum32(sq) / float(n) + a.eps);
+    float mean, rstd;
+    warp_row_stats(x, n, a.eps, lane, mean, rstd);
     float* y = a.y + r * n;
     for (int64_t i = lane; i < n; i += 32) {
       const float v = (x[i] - mean) * rstd * (a.w ? a.w[i] : 1.0f) + (a.b ? a.b[i] : 0.0f);
@@ -298,11 +308,7 @@ __global__ void __launch_bounds__(kBlock) ln_bwd_d64(LnBackwardArgs a, int64_t n
         mean[k] = tile[kTileRows * 128 + r];
         rstd[k] = tile[kTileRows * 129 + r];
       } else if (!a.mean) {  // no saved statistics: recompute them from the row, as the forward does
-        mean[k] = sum16((x[k].v[0] + x[k].v[1]) + (x[k].v[2] + x[k].v[3])) * (1.0f / 64);
-        float sq = 0;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) sq = fmaf(x[k].v[j] - mean[k], x[k].v[j] - mean[k], sq);
-        rstd[k] = rsqrtf(sum16(sq) * (1.0f / 64) + a.eps);
+        row64_stats(x[k], a.eps, mean[k], rstd[k]);
       }
     }
     float part_w[4] = {0, 0, 0, 0}, part_b[4] = {0, 0, 0, 0};
@@ -377,13 +383,8 @@ __global__ void __launch_bounds__(kBlock) ln_row_stats(const float* x, int64_t r
   const int lane = threadIdx.x & 31;
   const int64_t W = int64_t(gridDim.x) * (kBlock / 32);
   for (int64_t r = blockIdx.x * int64_t(kBlock / 32) + (threadIdx.x >> 5); r < rows; r += W) {
-    const float* xr = x + r * n;
-    float s = 0;
-    for (int64_t i = lane; i < n; i += 32) s += xr[i];
-    const float mean = sum32(s) / float(n);
-    float sq = 0;
-    for (int64_t i = lane; i < n; i += 32) sq = fmaf(xr[i] - mean, xr[i] - mean, sq);
-    const float rstd = rsqrtf(sum32(sq) / float(n) + eps);
+    float mean, rstd;
+    warp_row_stats(x + r * n, n, eps, lane, mean, rstd);
     if (lane == 0) {
       mean_out[r] = mean;
       rstd_out[r] = rstd;
