@@ -2,15 +2,15 @@
 // fused_ln_gelu_scale.cu reuses (a template flag adds the GELU and scale epilogue / prologue).
 //
 // Rows of 64 (the flagship's normalized dim) take a fast path built for memory bandwidth:
-//  - Persistent blocks (exactly the resident count) walk tiles of 32 rows (8 KB per tensor).
-//    One thread per block streams the block's next tiles into a ring of shared-memory stages
-//    with the bulk copy engine (cp.async.bulk, completing on an mbarrier), so 3-4 tiles per block
+//  - Persistent blocks (exactly the resident count) walk tiles of 64 rows (16 KB per tensor).
+//    One thread per block streams the block's next tiles into a ring of 3 shared-memory stages
+//    with the bulk copy engine (cp.async.bulk, completing on an mbarrier), so 2-3 tiles per block
 //    (~100+ KB per SM) are always in flight whatever the compute is doing. The earlier
 //    register-load versions kept loads in flight only between a warp's compute phases and
 //    topped out at ~2.4 TB/s (bench/NOTES.md).
 //  - 16 threads own a row, 4 consecutive floats each (conflict-free 16-byte shared loads); the
-//    row sums are 4 xor-shuffles inside the 16-lane group; y / dx leave as 16-byte streaming
-//    stores straight from registers.
+//    row sums are 4 xor-shuffles inside the 16-lane group; y / dx go back into the stage in place
+//    and leave as one bulk copy of the whole tile.
 // Other sizes use one warp per row with strided loops. Backward parameter gradients are
 // deterministic: per-thread accumulators (float per tile, folded into double), a fixed-order
 // block reduction into per-block partials, then a fixed-order sum of the partials.
@@ -75,9 +75,6 @@ __device__ __forceinline__ F4 lds4(const float* p) {  // 16-byte shared-memory l
   const float4 t = *reinterpret_cast<const float4*>(p);
   return F4{{t.x, t.y, t.z, t.w}};
 }
-__device__ __forceinline__ void st4_stream(float* p, const F4& a) {
-  __stcs(reinterpret_cast<float4*>(p), make_float4(a.v[0], a.v[1], a.v[2], a.v[3]));
-}
 
 // ---- bulk copies into shared memory (sm_90) ------------------------------------------------------
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -109,44 +106,86 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
 }
 
+// Bulk copies out of shared memory (y / dx tiles written in place into their stage). The writing
+// threads fence their generic-proxy stores towards the async proxy, then a block barrier; one
+// thread issues the copy and commits it as a bulk group; the stage may only be refilled once the
+// group has been read out of shared memory (wait_group.read).
+__device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void bulk_store(void* dst, const void* src, uint32_t bytes, uint64_t policy) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;" ::"l"(dst),
+               "r"(smem_u32(src)), "r"(bytes), "l"(policy)
+               : "memory");
+}
+__device__ __forceinline__ uint64_t policy_evict_first() {
+  uint64_t p;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+  return p;
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait_all() {
+  asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void sts4(float* p, const F4& a) {
+  *reinterpret_cast<float4*>(p) = make_float4(a.v[0], a.v[1], a.v[2], a.v[3]);
+}
+
 // Tiling of the 64-column path: a block of 256 threads covers 16 rows per pass, kRpt passes per
 // tile. Tile t of a block is t = blockIdx.x + i * gridDim.x (i = 0, 1, ...), stage i % kStages.
-// After each tile a __syncthreads frees the stage and thread 0 refills it. A variant with a
-// dedicated producer warp and per-stage `empty` barriers (no block barrier in the loop) measured
-// the same or slower (bench/kernels_history/layer_norm_v5.cu, several stage counts and blocks/SM);
-// so did plain instead of streaming stores, and an evict-first hint on the bulk loads (NOTES.md).
-// Forward: 40 registers, 6 blocks/SM (33 KB of stages each); backward: 64 registers, 4 blocks/SM.
+// Thread 0 issues every copy. y / dx leave through the bulk copy engine too: each thread writes
+// its result into the stage in place (over its own 16 bytes of x, already in registers), fences
+// it towards the async proxy, and after the block barrier thread 0 writes the whole tile (its
+// rows are contiguous in global memory) with one bulk copy, L2 evict-first like the streaming
+// stores it replaces. A stage can be refilled only once its store has been read out of shared
+// memory: thread 0 refills the previous tile's stage after wait_group.read 1, which the store
+// committed one tile earlier has passed by then (waiting for the current one, read 0, stalls the
+// block: +1-2% forward). Against v4 (16-byte streaming stores from registers, 32-row tiles,
+// bench/kernels_history/layer_norm_v4.cu) this is -2.5% forward, -2% backward. In the forward the
+// 64-row tiles and the bulk stores each gain ~1.5% alone; in the backward 64-row tiles with
+// register stores are slower (80 registers and spills), so both go together (NOTES.md, v6).
+// Tried and slower: a dedicated producer warp with per-stage `empty` barriers (v5), plain instead
+// of streaming stores, an evict-first hint on the loads, bulk stores without the L2 hint,
+// 5 stages of 32 rows (5 blocks/SM), 4 stages of 64 rows (same), 128-row tiles (same median,
+// wider spread).
+// Forward (GELU): 48 registers, 49.5 KB of stages, 4 blocks/SM; backward (GELU): 91 registers
+// (101 without), 97.5 KB, 2 blocks/SM.
 constexpr int kRowsPerPass = kBlock / 16;
-constexpr int kRpt = 2;
-constexpr int kTileRows = kRowsPerPass * kRpt;  // 32 rows = 8 KB per tensor
-constexpr int kFwdStages = 4;
+constexpr int kRpt = 4;
+constexpr int kTileRows = kRowsPerPass * kRpt;  // 64 rows = 16 KB per tensor
+constexpr int kFwdStages = 3;
 constexpr int kBwdStages = 3;
-constexpr size_t kFwdStageFloats = size_t(kTileRows) * 64;
-constexpr size_t kBwdStageFloats = size_t(kTileRows) * 64 * 2 + 2 * kTileRows;  // x, dy, mean, rstd
+constexpr size_t kFwdStageFloats = size_t(kTileRows) * (64 + 2);   // x (then y), mean, rstd
+constexpr size_t kBwdStageFloats = size_t(kTileRows) * (128 + 2);  // x (then dx), dy, mean, rstd
 constexpr size_t kFwdSmem = kFwdStages * kFwdStageFloats * sizeof(float);
 constexpr size_t kBwdSmem = kBwdStages * kBwdStageFloats * sizeof(float);
-static_assert(kBwdStageFloats % 4 == 0, "stages must stay 16-byte aligned");
-
+static_assert(kFwdStageFloats % 4 == 0 && kBwdStageFloats % 4 == 0, "stages must stay 16-byte aligned");
 
 // ---- forward, 64 columns ----------------------------------------------------------------------
+// stats_bulk: mean / rstd are null or 16-byte aligned, so whole tiles of them can go in bulk too.
 template <bool kGelu>
-__global__ void __launch_bounds__(kBlock) ln_fwd_d64(LnForwardArgs a, int64_t ntiles) {
+__global__ void __launch_bounds__(kBlock) ln_fwd_d64(LnForwardArgs a, int64_t ntiles, bool stats_bulk) {
+  constexpr int kT = kTileRows, kR = kRpt, kS = kFwdStages;
+  constexpr size_t kSF = kFwdStageFloats;
   extern __shared__ __align__(128) float stage_mem[];
-  __shared__ uint64_t full[kFwdStages];
+  __shared__ uint64_t full[kS];
   const int lane16 = threadIdx.x & 15;
   const int grp = threadIdx.x >> 4;  // row within a pass
   const int c0 = lane16 * 4;
   // Thread 0 owns the copies: tile t -> stage s, expecting exactly the tile's bytes.
   auto issue = [&](int64_t t, int s) {
-    const int64_t r0 = t * kTileRows;
-    const uint32_t bytes = uint32_t(min(int64_t(kTileRows), a.rows - r0)) * 256u;
+    const int64_t r0 = t * kT;
+    const uint32_t bytes = uint32_t(min(int64_t(kT), a.rows - r0)) * 256u;
     mbar_arrive_expect(&full[s], bytes);
-    bulk_load(stage_mem + s * kFwdStageFloats, a.x + r0 * 64, bytes, &full[s]);
+    bulk_load(stage_mem + s * kSF, a.x + r0 * 64, bytes, &full[s]);
   };
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kFwdStages; ++s) mbar_init(&full[s], 1);
+    for (int s = 0; s < kS; ++s) mbar_init(&full[s], 1);
     mbar_init_fence();
-    for (int s = 0; s < kFwdStages; ++s)
+    for (int s = 0; s < kS; ++s)
       if (blockIdx.x + int64_t(s) * gridDim.x < ntiles) issue(blockIdx.x + int64_t(s) * gridDim.x, s);
   }
   __syncthreads();
@@ -160,13 +199,17 @@ __global__ void __launch_bounds__(kBlock) ln_fwd_d64(LnForwardArgs a, int64_t nt
   uint32_t parity = 0;
   for (int64_t t = blockIdx.x; t < ntiles; t += gridDim.x) {
     mbar_wait(&full[s], parity);
-    const float* tile = stage_mem + s * kFwdStageFloats;
-    F4 x[kRpt];
+    float* tile = stage_mem + s * kSF;
+    const int64_t r0 = t * kT;
+    const int n = int(min(int64_t(kT), a.rows - r0));
+    const bool st = stats_bulk && (n & 3) == 0;  // n * 4 bytes must be a multiple of 16
+    F4 x[kR];
 #pragma unroll
-    for (int k = 0; k < kRpt; ++k) x[k] = lds4(tile + (grp + k * kRowsPerPass) * 64 + c0);
+    for (int k = 0; k < kR; ++k) x[k] = lds4(tile + (grp + k * kRowsPerPass) * 64 + c0);
 #pragma unroll
-    for (int k = 0; k < kRpt; ++k) {
-      const int64_t row = t * kTileRows + grp + k * kRowsPerPass;
+    for (int k = 0; k < kR; ++k) {
+      const int r = grp + k * kRowsPerPass;
+      const int64_t row = r0 + r;
       float mean, rstd;
       row64_stats(x[k], a.eps, mean, rstd);
       F4 y;
@@ -180,21 +223,39 @@ __global__ void __launch_bounds__(kBlock) ln_fwd_d64(LnForwardArgs a, int64_t nt
         else
           y.v[j] = (half_factor * v) * (1.0f + erff(v * 0.7071067811865476f));
       }
-      if (row < a.rows) {
-        st4_stream(a.y + row * 64 + c0, y);
-        if (lane16 == 0) {
+      sts4(tile + r * 64 + c0, y);  // rows past the end are computed but never stored
+      if (lane16 == 0) {
+        if (st) {
+          tile[kT * 64 + r] = mean;
+          tile[kT * 65 + r] = rstd;
+        } else if (row < a.rows) {
           if (a.mean) a.mean[row] = mean;
           if (a.rstd) a.rstd[row] = rstd;
         }
       }
     }
-    __syncthreads();  // every warp is done with stage s: refill it with the tile kFwdStages ahead
-    if (threadIdx.x == 0 && t + int64_t(kFwdStages) * gridDim.x < ntiles) issue(t + int64_t(kFwdStages) * gridDim.x, s);
-    if (++s == kFwdStages) {
+    fence_proxy_async_smem();  // this thread's stage writes, visible to the bulk store
+    __syncthreads();           // every warp is done with stage s
+    if (threadIdx.x == 0) {
+      const uint64_t pol = policy_evict_first();
+      bulk_store(a.y + r0 * 64, tile, uint32_t(n) * 256u, pol);
+      if (st) {
+        if (a.mean) bulk_store(a.mean + r0, tile + kT * 64, uint32_t(n) * 4u, pol);
+        if (a.rstd) bulk_store(a.rstd + r0, tile + kT * 65, uint32_t(n) * 4u, pol);
+      }
+      bulk_commit();
+      if (t != blockIdx.x) {  // the previous tile's stage, once its store has read it
+        bulk_wait_read<1>();
+        const int64_t tn = t + int64_t(kS - 1) * gridDim.x;
+        if (tn < ntiles) issue(tn, s == 0 ? kS - 1 : s - 1);
+      }
+    }
+    if (++s == kS) {
       s = 0;
       parity ^= 1u;
     }
   }
+  if (threadIdx.x == 0) bulk_wait_all<0>();  // the stores read shared memory until done
 }
 
 // ---- forward, any number of columns: one warp per row ------------------------------------------
@@ -243,39 +304,40 @@ __device__ __forceinline__ float ln_dz(float dy, float xhat, float w, float b, f
 }
 
 // ---- backward, 64 columns ------------------------------------------------------------------------
-// Stage layout: x tile, dy tile (kTileRows x 64 each), then mean and rstd (kTileRows each). The
-// statistics come with the bulk copy when the tile's byte count allows it (a multiple of 16,
-// aligned pointers: stats_bulk); otherwise each thread reads its row's pair from global memory.
+// Stage layout: x tile, dy tile (kT x 64 each), then mean and rstd (kT each). The statistics come
+// with the bulk copy when the tile's byte count allows it (a multiple of 16, aligned pointers:
+// stats_bulk); otherwise each thread reads its row's pair from global memory. dx overwrites the
+// stage's x and leaves by one bulk copy per tile (see the tiling note above).
 // Writes dx, and (if dw_part) per-block partial sums of dz*xhat and dz per column into
 // dw_part[block][64] / db_part[block][64] (double).
 template <bool kGelu>
 __global__ void __launch_bounds__(kBlock) ln_bwd_d64(LnBackwardArgs a, int64_t ntiles, bool stats_bulk,
                                                      double* dw_part, double* db_part) {
+  constexpr int kT = kTileRows, kR = kRpt, kS = kBwdStages;
+  constexpr size_t kSF = kBwdStageFloats;
   extern __shared__ __align__(128) float stage_mem[];
-  __shared__ uint64_t full[kBwdStages];
+  __shared__ uint64_t full[kS];
   const int lane16 = threadIdx.x & 15;
   const int grp = threadIdx.x >> 4;
   const int c0 = lane16 * 4;
-  auto tile_stats_bulk = [&](int64_t t) {
-    return stats_bulk && ((min(int64_t(kTileRows), a.rows - t * kTileRows)) & 3) == 0;
-  };
+  auto tile_stats_bulk = [&](int64_t t) { return stats_bulk && ((min(int64_t(kT), a.rows - t * kT)) & 3) == 0; };
   auto issue = [&](int64_t t, int s) {
-    const int64_t r0 = t * kTileRows;
-    const uint32_t n = uint32_t(min(int64_t(kTileRows), a.rows - r0));
+    const int64_t r0 = t * kT;
+    const uint32_t n = uint32_t(min(int64_t(kT), a.rows - r0));
     const bool st = tile_stats_bulk(t);
-    float* base = stage_mem + s * kBwdStageFloats;
+    float* base = stage_mem + s * kSF;
     mbar_arrive_expect(&full[s], n * 512u + (st ? n * 8u : 0u));
     bulk_load(base, a.x + r0 * 64, n * 256u, &full[s]);
-    bulk_load(base + kTileRows * 64, a.dy + r0 * 64, n * 256u, &full[s]);
+    bulk_load(base + kT * 64, a.dy + r0 * 64, n * 256u, &full[s]);
     if (st) {
-      bulk_load(base + kTileRows * 128, a.mean + r0, n * 4u, &full[s]);
-      bulk_load(base + kTileRows * 129, a.rstd + r0, n * 4u, &full[s]);
+      bulk_load(base + kT * 128, a.mean + r0, n * 4u, &full[s]);
+      bulk_load(base + kT * 129, a.rstd + r0, n * 4u, &full[s]);
     }
   };
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kBwdStages; ++s) mbar_init(&full[s], 1);
+    for (int s = 0; s < kS; ++s) mbar_init(&full[s], 1);
     mbar_init_fence();
-    for (int s = 0; s < kBwdStages; ++s)
+    for (int s = 0; s < kS; ++s)
       if (blockIdx.x + int64_t(s) * gridDim.x < ntiles) issue(blockIdx.x + int64_t(s) * gridDim.x, s);
   }
   __syncthreads();
@@ -287,34 +349,35 @@ __global__ void __launch_bounds__(kBlock) ln_bwd_d64(LnBackwardArgs a, int64_t n
   uint32_t parity = 0;
   for (int64_t t = blockIdx.x; t < ntiles; t += gridDim.x) {
     const bool st = tile_stats_bulk(t);
-    float mean[kRpt], rstd[kRpt];
+    float mean[kR], rstd[kR];
     if (!st && a.mean) {  // rare (last tile or unaligned statistics): read them while the copies land
 #pragma unroll
-      for (int k = 0; k < kRpt; ++k) {
-        const int64_t row = min(t * kTileRows + grp + k * kRowsPerPass, a.rows - 1);
+      for (int k = 0; k < kR; ++k) {
+        const int64_t row = min(t * kT + grp + k * kRowsPerPass, a.rows - 1);
         mean[k] = __ldg(a.mean + row);
         rstd[k] = __ldg(a.rstd + row);
       }
     }
     mbar_wait(&full[s], parity);
-    const float* tile = stage_mem + s * kBwdStageFloats;
-    F4 x[kRpt], dy[kRpt];
+    float* tile = stage_mem + s * kSF;
+    F4 x[kR], dy[kR];
 #pragma unroll
-    for (int k = 0; k < kRpt; ++k) {
+    for (int k = 0; k < kR; ++k) {
       const int r = grp + k * kRowsPerPass;
       x[k] = lds4(tile + r * 64 + c0);
-      dy[k] = lds4(tile + kTileRows * 64 + r * 64 + c0);
+      dy[k] = lds4(tile + kT * 64 + r * 64 + c0);
       if (st) {
-        mean[k] = tile[kTileRows * 128 + r];
-        rstd[k] = tile[kTileRows * 129 + r];
+        mean[k] = tile[kT * 128 + r];
+        rstd[k] = tile[kT * 129 + r];
       } else if (!a.mean) {  // no saved statistics: recompute them from the row, as the forward does
         row64_stats(x[k], a.eps, mean[k], rstd[k]);
       }
     }
     float part_w[4] = {0, 0, 0, 0}, part_b[4] = {0, 0, 0, 0};
 #pragma unroll
-    for (int k = 0; k < kRpt; ++k) {
-      const int64_t row = t * kTileRows + grp + k * kRowsPerPass;
+    for (int k = 0; k < kR; ++k) {
+      const int r = grp + k * kRowsPerPass;
+      const int64_t row = t * kT + r;
       const bool ok = row < a.rows;  // rows past the end hold stale shared memory: keep them out
       float xh[4], g[4], s1 = 0, s2 = 0;
 #pragma unroll
@@ -332,24 +395,36 @@ __global__ void __launch_bounds__(kBlock) ln_bwd_d64(LnBackwardArgs a, int64_t n
       F4 dx;
 #pragma unroll
       for (int j = 0; j < 4; ++j) dx.v[j] = rstd[k] * (g[j] - s1 - xh[j] * s2);
-      if (ok) st4_stream(a.dx + row * 64 + c0, dx);
+      sts4(tile + r * 64 + c0, dx);  // rows past the end are never stored
     }
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {  // one tile's kRpt rows in float, then into double
+    for (int j = 0; j < 4; ++j) {  // one tile's kR rows in float, then into double
       acc_w[j] += double(part_w[j]);
       acc_b[j] += double(part_b[j]);
     }
-    __syncthreads();  // stage s fully read: refill it with the tile kBwdStages ahead
-    if (threadIdx.x == 0 && t + int64_t(kBwdStages) * gridDim.x < ntiles) issue(t + int64_t(kBwdStages) * gridDim.x, s);
-    if (++s == kBwdStages) {
+    fence_proxy_async_smem();  // this thread's dx, visible to the bulk store
+    __syncthreads();           // stage s fully read and dx written into it
+    if (threadIdx.x == 0) {
+      const int64_t r0 = t * kT;
+      bulk_store(a.dx + r0 * 64, tile, uint32_t(min(int64_t(kT), a.rows - r0)) * 256u, policy_evict_first());
+      bulk_commit();
+      if (t != blockIdx.x) {  // the previous tile's stage, once its store has read it
+        bulk_wait_read<1>();
+        const int64_t tn = t + int64_t(kS - 1) * gridDim.x;
+        if (tn < ntiles) issue(tn, s == 0 ? kS - 1 : s - 1);
+      }
+    }
+    if (++s == kS) {
       s = 0;
       parity ^= 1u;
     }
   }
+  if (threadIdx.x == 0) bulk_wait_all<0>();  // the stores read shared memory until done, and the
+  __syncthreads();                             // reduction below reuses it
   if (!dw_part) return;
   // Block partials in a fixed order: the two row groups of a warp (xor 16), then the 8 warps in
-  // order. Reuses the stage memory: every copy issued was waited for, and the loop ended on a
-  // barrier.
+  // order. Reuses the stage memory: every copy issued was waited for, then a barrier.
+  static_assert(kBwdSmem >= 2 * (kBlock / 32) * 64 * sizeof(double), "the final reduction reuses the stages");
   double* red = reinterpret_cast<double*>(stage_mem);  // [2][8 warps][64]
   const int warp = threadIdx.x >> 5;
 #pragma unroll
@@ -375,7 +450,6 @@ __global__ void __launch_bounds__(kBlock) ln_bwd_d64(LnBackwardArgs a, int64_t n
     db_part[int64_t(blockIdx.x) * 64 + threadIdx.x] = sb;
   }
 }
-static_assert(kBwdSmem >= 2 * (kBlock / 32) * 64 * sizeof(double), "the final reduction reuses the stages");
 
 // ---- backward without saved statistics, any number of columns: recompute them first ----------
 __global__ void __launch_bounds__(kBlock) ln_row_stats(const float* x, int64_t rows, int64_t n, float eps,
@@ -507,10 +581,11 @@ unsigned resident_grid(K kernel, size_t smem, int64_t work_blocks) {
   return unsigned(std::max<int64_t>(1, std::min(cap, work_blocks)));
 }
 
-// Kernels with more than 48 KB of dynamic shared memory must say so once before their first launch.
+// Kernels whose dynamic plus static shared memory (the mbarriers) passes 48 KB must say so once
+// before their first launch; asking for any size at or near the limit costs nothing.
 template <class K>
 void allow_smem(K kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
+  if (bytes > 47 * 1024)
     MINIDL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
                       "layer_norm: shared memory limit");
 }
@@ -520,7 +595,9 @@ void launch_fwd_d64(const LnForwardArgs& a) {
   static const bool ready = (allow_smem(ln_fwd_d64<kGelu>, kFwdSmem), true);
   (void)ready;
   const int64_t ntiles = (a.rows + kTileRows - 1) / kTileRows;
-  ln_fwd_d64<kGelu><<<resident_grid(ln_fwd_d64<kGelu>, kFwdSmem, ntiles), kBlock, kFwdSmem, cuda::stream()>>>(a, ntiles);
+  const bool stats_bulk = (!a.mean || aligned16(a.mean)) && (!a.rstd || aligned16(a.rstd));
+  ln_fwd_d64<kGelu><<<resident_grid(ln_fwd_d64<kGelu>, kFwdSmem, ntiles), kBlock, kFwdSmem, cuda::stream()>>>(
+      a, ntiles, stats_bulk);
 }
 
 template <bool kGelu>
