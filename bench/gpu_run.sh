@@ -61,7 +61,19 @@ for s in $STAGES; do
         timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/minidl_tests" -ts='cuda*' \
           -tce='*flagship*,*batch 128*,*2^31*,*out-of-memory*' \
           >"$OUT/sanitize-$tool.log" 2>&1 && record $tool clean || { record $tool "ERRORS"; status=1; tail -n 30 "$OUT/sanitize-$tool.log"; }
-      done ;;
+      done
+      # The fused conv kernel at shapes where each block walks 3-4 rows (staging tiles and slab
+      # slots reused), both gather paths; its own check binary.
+      if nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -lineinfo -I. \
+           bench/standalone/fused_conv_check.cu -o "$BUILD/fused_conv_check" >"$OUT/fused_conv_check_build.log" 2>&1; then
+        for tool in memcheck racecheck; do
+          timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/fused_conv_check" --small \
+            >"$OUT/sanitize-fused-conv-$tool.log" 2>&1 && record "fc $tool" clean ||
+            { record "fc $tool" "ERRORS"; status=1; tail -n 30 "$OUT/sanitize-fused-conv-$tool.log"; }
+        done
+      else
+        record "fc build" FAILED; status=1; tail -n 20 "$OUT/fused_conv_check_build.log"
+      fi ;;
     *) echo "unknown stage $s"; status=2 ;;
   esac
 done

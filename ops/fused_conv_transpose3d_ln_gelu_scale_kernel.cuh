@@ -16,8 +16,8 @@
 //  * Warp specialization (v5). Warpgroups 0 and 1 (q = 0, 1) keep the A fragments of their parity
 //    for all of K (128 registers) and run the tensor cores and the input gather; warpgroups 2 and
 //    3 run LayerNorm / GELU / scale and the stores. setmaxnreg splits the register file 184 / 72.
-//    The roles meet in a double-buffered staging tile guarded by named barriers (bar.arrive /
-//    bar.sync), so one row's epilogue runs while the next rows' wgmmas and gathers proceed.
+//    The roles meet in a double-buffered staging tile handed over with mbarriers (full / empty),
+//    so one row's epilogue runs while the next rows' wgmmas and gathers proceed.
 //    Weights are loaded once per class change (a persistent block walks a contiguous range of
 //    items sorted by class).
 //  * Inputs: an item needs 4 input planes (id0 - a, ih0 - b), a, b in {0, 1}. They are kept as two
@@ -243,21 +243,129 @@ __device__ __forceinline__ void cp_async4_zfill(uint32_t dst, const float* src, 
       : "memory");
 }
 
-// Named barriers: bar.arrive (release, no wait) from producers, bar.sync (acquire) from consumers.
+// mbarriers (shared::cta): arrive has release semantics, try_wait.parity acquire semantics.
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "FC_WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra FC_WAIT_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Named barrier among a subset of the block's threads.
 __device__ __forceinline__ void bar_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
-__device__ __forceinline__ void bar_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+constexpr int kBarMma = 1;  // the two MMA warpgroups: slab of the item landed (bar.sync on both sides)
+// The staging tiles are handed between the roles with mbarriers on which every thread of the
+// handing role arrives: full[b] (count 256: the MMA threads, after writing tile b) and empty[b]
+// (count 256: the epilogue threads, after reading it). Named barriers with bar.arrive are just as
+// correct, but compute-sanitizer racecheck then reports hazards on correct code
+// (bench/standalone/racecheck_probe.cu), which would hide real ones.
+constexpr int kStageTiles = 2;                     // staging tiles in the ring (3 measured no faster)
+constexpr int kStageBarBytes = 16 * kStageTiles;   // full[kStageTiles], empty[kStageTiles]
+__device__ __forceinline__ void init_stage_bars(uint32_t bars, int tid) {
+  if (tid < 2 * kStageTiles) mbar_init(bars + 8 * tid, 256);
 }
-constexpr int kBarMma = 1;    // the two MMA warpgroups: slab of the item landed
-constexpr int kBarFull = 2;   // +b: staging tile b written (MMA arrive, epilogue sync)
-constexpr int kBarEmpty = 4;  // +b: staging tile b read (epilogue arrive, MMA sync)
+// Item k uses tile k % kStageTiles for the (k / kStageTiles)-th time.
+__device__ __forceinline__ int stage_tile(int k) { return k % kStageTiles; }
+__device__ __forceinline__ void signal_stage_full(uint32_t bars, int k) { mbar_arrive(bars + 8 * stage_tile(k)); }
+__device__ __forceinline__ void wait_stage_full(uint32_t bars, int k) {
+  mbar_wait(bars + 8 * stage_tile(k), (uint32_t)((k / kStageTiles) & 1));
+}
+__device__ __forceinline__ void signal_stage_empty(uint32_t bars, int k) {
+  mbar_arrive(bars + 8 * (kStageTiles + stage_tile(k)));
+}
+// The MMA side, before writing item k into its tile: the epilogue has read item k - kStageTiles.
+__device__ __forceinline__ void wait_stage_empty(uint32_t bars, int k) {
+  if (k >= kStageTiles) mbar_wait(bars + 8 * (kStageTiles + stage_tile(k)), (uint32_t)((k / kStageTiles - 1) & 1));
+}
+
+// The epilogue warpgroups of the TF32 kernel: for each item, wait for its staging tile, read
+// it, hand the tile back, then bias-free LayerNorm (statistics merged from the MMA warps' partial
+// sums) -> GELU -> scale and 16-byte streaming stores of y, plus the row's mean and rstd.
+// 8 lanes own one co row of 64 values (lane l8: ow = 4*l8..+3 and 32+4*l8..+3), two rows per
+// thread and item; rows co and co+2 share a half warp (disjoint banks with kStageLd = 72).
+template <bool TANH, int MODE, bool kEpi>
+__device__ __forceinline__ void fused_conv_epilogue(const Params& p, const float* stages, int stage_floats,
+                                                    uint32_t stage_bars, int it0, int it1, int ew, int lane) {
+  const Geometry& g = p.g;
+  const int qq = lane >> 3, l8 = lane & 7;
+  const int rsub = ((qq & 1) << 1) | (qq >> 1);
+  const int co_r0 = ew * 8 + rsub;  // rows co_r0 and co_r0 + 4
+  float gam[8], bet[8];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    gam[j] = p.gamma ? p.gamma[4 * l8 + j] : 1.f;
+    gam[4 + j] = p.gamma ? p.gamma[32 + 4 * l8 + j] : 1.f;
+    bet[j] = p.beta ? p.beta[4 * l8 + j] : 0.f;
+    bet[4 + j] = p.beta ? p.beta[32 + 4 * l8 + j] : 0.f;
+  }
+  float bias_r[2];
+  bias_r[0] = p.bias ? p.bias[co_r0] : 0.f;
+  bias_r[1] = p.bias ? p.bias[co_r0 + 4] : 0.f;
+  const int64_t plane = (int64_t)g.Dout * g.Hout;
+  const int n_items = it1 - it0;
+  Item cur = decode_item(g, it0);
+  for (int k = 0; k < n_items; ++k) {
+    wait_stage_full(stage_bars, k);
+    const float* stage = stages + stage_tile(k) * stage_floats;
+    float v[2][8];
+    float4 stt[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      stt[i] = *reinterpret_cast<const float4*>(stage + (co_r0 + 4 * i) * kStageLd + 64);
+      const float* st = stage + (co_r0 + 4 * i) * kStageLd + 2 * l8;
+      const float2 a0 = *reinterpret_cast<const float2*>(st);
+      const float2 a1 = *reinterpret_cast<const float2*>(st + 32);
+      const float2 b0 = *reinterpret_cast<const float2*>(st + 16);
+      const float2 b1 = *reinterpret_cast<const float2*>(st + 48);
+      v[i][0] = a0.x; v[i][1] = a1.x; v[i][2] = a0.y; v[i][3] = a1.y;
+      v[i][4] = b0.x; v[i][5] = b1.x; v[i][6] = b0.y; v[i][7] = b1.y;
+    }
+    if (k + kStageTiles < n_items) signal_stage_empty(stage_bars, k);  // the MMA may refill this tile
+    if (kEpi) {
+      const int64_t row0 = ((int64_t)cur.n * 64 * g.Dout + cur.od) * g.Hout + cur.oh + co_r0 * plane;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int64_t row = row0 + 4 * i * plane;
+        float* yrow = p.y + row * 64 + 4 * l8;
+        if (MODE == 2) {
+          __stcs(reinterpret_cast<float4*>(yrow), make_float4(v[i][0], v[i][1], v[i][2], v[i][3]));
+          __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(v[i][4], v[i][5], v[i][6], v[i][7]));
+          continue;
+        }
+        // Merge of the two parities' (sum, M2) over 32 values each: M2 = M2_0 + M2_1 + (S0 - S1)^2 / 64.
+        const float mu = (stt[i].x + stt[i].z) * (1.f / 64.f);
+        const float dS = stt[i].x - stt[i].z;
+        const float m2 = fmaf(dS * dS, 1.f / 64.f, stt[i].y + stt[i].w);
+        const float rs = rsqrtf(m2 * (1.f / 64.f) + p.eps);
+        float o[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = gelu_scaled<TANH>(fmaf((v[i][j] - mu) * rs, gam[j], bet[j]), p.factor);
+        __stcs(reinterpret_cast<float4*>(yrow), make_float4(o[0], o[1], o[2], o[3]));
+        __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(o[4], o[5], o[6], o[7]));
+        if (l8 == 0) {
+          p.mean[row] = mu + bias_r[i];  // the bias shifts z, so it shifts the mean and nothing else
+          p.rstd[row] = rs;
+        }
+      }
+    }
+    advance_item(g, cur);
+  }
+}
 
 // Warpgroups 0 and 1 (ow parity q = warpgroup) keep the A fragments of their parity for all of K
 // (Cin x 8 taps: 128 registers) and run the tensor cores plus the input gather; warpgroups 2 and
 // 3 run LayerNorm / GELU / scale / stores. The two roles meet in a double-buffered staging tile,
-// guarded by named barriers, so one item's epilogue overlaps the next items' matrix work.
+// handed over with mbarriers, so one item's epilogue overlaps the next items' matrix work.
 //   MMA, item r: barrier (slab r landed) -> issue 32 async wgmmas -> cp.async gather of item
 //   r+2 -> wait -> (staging tile free) -> write the 64x32 tile of parity q -> signal full.
 //   Epilogue, item r: wait full -> read the 64x64 tile -> signal empty -> LN/GELU/stores.
@@ -283,12 +391,16 @@ __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   float* const slabs = reinterpret_cast<float*>(smem_raw);
   float* const stages = slabs + kPairSlots * kPairFloats;
+  const uint32_t stage_bars = smem_u32(stages + kStageTiles * kStageFloats);
   const Geometry& g = p.g;
 
   const int it0 = (int)((int64_t)blockIdx.x * g.total / gridDim.x);
   const int it1 = (int)((int64_t)(blockIdx.x + 1) * g.total / gridDim.x);
   if (it0 >= it1) return;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
+  init_stage_bars(stage_bars, tid);
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  __syncthreads();
 
   if (wg < 2) {
     // ======================================================== MMA + gather warpgroups
@@ -461,9 +573,9 @@ __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params
       dB += __shfl_xor_sync(0xffffffffu, dB, 1);
       dA += __shfl_xor_sync(0xffffffffu, dA, 2);
       dB += __shfl_xor_sync(0xffffffffu, dB, 2);
-      if (k >= 2) bar_sync(kBarEmpty + (k & 1), 512);
+      wait_stage_empty(stage_bars, k);
       {  // accumulator fragment: rows co = 16*wq + g (+8), cols u = 8j + 2t (+1)
-        float* st = stages + (k & 1) * kStageFloats;
+        float* st = stages + stage_tile(k) * kStageFloats;
         const int co = 16 * (warp & 3) + (lane >> 2);
         const int u = 2 * (lane & 3);
 #pragma unroll
@@ -477,7 +589,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params
           *reinterpret_cast<float2*>(st + (co + 8) * kStageLd + 64 + 2 * q) = make_float2(sB, dB);
         }
       }
-      bar_arrive(kBarFull + (k & 1), 512);
+      signal_stage_full(stage_bars, k);
       const bool cont = advance_item(g, cur);
       Pc += cont ? 1 : 2;
     }
@@ -485,72 +597,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params
   } else {
     // ======================================================== epilogue warpgroups
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kEpiRegs));
-    // 8 lanes own one co row of 64 values (lane l8: ow = 4*l8..+3 and 32+4*l8..+3), two rows per
-    // thread and item; rows co and co+2 share a half warp (disjoint banks with kStageLd = 72).
-    const int ew = warp - 8;
-    const int qq = lane >> 3, l8 = lane & 7;
-    const int rsub = ((qq & 1) << 1) | (qq >> 1);
-    const int co_r0 = ew * 8 + rsub;  // rows co_r0 and co_r0 + 4
-    float gam[8], bet[8];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      gam[j] = p.gamma ? p.gamma[4 * l8 + j] : 1.f;
-      gam[4 + j] = p.gamma ? p.gamma[32 + 4 * l8 + j] : 1.f;
-      bet[j] = p.beta ? p.beta[4 * l8 + j] : 0.f;
-      bet[4 + j] = p.beta ? p.beta[32 + 4 * l8 + j] : 0.f;
-    }
-    float bias_r[2];
-    bias_r[0] = p.bias ? p.bias[co_r0] : 0.f;
-    bias_r[1] = p.bias ? p.bias[co_r0 + 4] : 0.f;
-    const int64_t plane = (int64_t)g.Dout * g.Hout;
-    const int n_items = it1 - it0;
-    Item cur = decode_item(g, it0);
-    for (int k = 0; k < n_items; ++k) {
-      bar_sync(kBarFull + (k & 1), 512);
-      const float* stage = stages + (k & 1) * kStageFloats;
-      float v[2][8];
-      float4 stt[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        stt[i] = *reinterpret_cast<const float4*>(stage + (co_r0 + 4 * i) * kStageLd + 64);
-        const float* st = stage + (co_r0 + 4 * i) * kStageLd + 2 * l8;
-        const float2 a0 = *reinterpret_cast<const float2*>(st);
-        const float2 a1 = *reinterpret_cast<const float2*>(st + 32);
-        const float2 b0 = *reinterpret_cast<const float2*>(st + 16);
-        const float2 b1 = *reinterpret_cast<const float2*>(st + 48);
-        v[i][0] = a0.x; v[i][1] = a1.x; v[i][2] = a0.y; v[i][3] = a1.y;
-        v[i][4] = b0.x; v[i][5] = b1.x; v[i][6] = b0.y; v[i][7] = b1.y;
-      }
-      if (k + 2 < n_items) bar_arrive(kBarEmpty + (k & 1), 512);  // the MMA may refill this tile
-      if (kEpi) {
-        const int64_t row0 = ((int64_t)cur.n * 64 * g.Dout + cur.od) * g.Hout + cur.oh + co_r0 * plane;
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const int64_t row = row0 + 4 * i * plane;
-          float* yrow = p.y + row * 64 + 4 * l8;
-          if (MODE == 2) {
-            __stcs(reinterpret_cast<float4*>(yrow), make_float4(v[i][0], v[i][1], v[i][2], v[i][3]));
-            __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(v[i][4], v[i][5], v[i][6], v[i][7]));
-            continue;
-          }
-          // Merge of the two parities' (sum, M2) over 32 values each: M2 = M2_0 + M2_1 + (S0 - S1)^2 / 64.
-          const float mu = (stt[i].x + stt[i].z) * (1.f / 64.f);
-          const float dS = stt[i].x - stt[i].z;
-          const float m2 = fmaf(dS * dS, 1.f / 64.f, stt[i].y + stt[i].w);
-          const float rs = rsqrtf(m2 * (1.f / 64.f) + p.eps);
-          float o[8];
-#pragma unroll
-          for (int j = 0; j < 8; ++j) o[j] = gelu_scaled<TANH>(fmaf((v[i][j] - mu) * rs, gam[j], bet[j]), p.factor);
-          __stcs(reinterpret_cast<float4*>(yrow), make_float4(o[0], o[1], o[2], o[3]));
-          __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(o[4], o[5], o[6], o[7]));
-          if (l8 == 0) {
-            p.mean[row] = mu + bias_r[i];  // the bias shifts z, so it shifts the mean and nothing else
-            p.rstd[row] = rs;
-          }
-        }
-      }
-      advance_item(g, cur);
-    }
+    fused_conv_epilogue<TANH, MODE, kEpi>(p, stages, kStageFloats, stage_bars, it0, it1, warp - 8, lane);
   }
 }
 
@@ -660,7 +707,8 @@ inline int device_sm_count() {
 
 template <int CIN, bool TANH, int MODE = 0>
 void launch_tc(const Params& p, const float* w, cudaStream_t stream) {
-  constexpr size_t smem = ((size_t)kPairSlots * 2 * CIN * kPlaneRows + 2 * 64 * kStageLd) * sizeof(float);
+  constexpr size_t smem =
+      ((size_t)kPairSlots * 2 * CIN * kPlaneRows + kStageTiles * 64 * kStageLd) * sizeof(float) + kStageBarBytes;
   static const bool configured = [] {
     cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          (int)smem);

@@ -416,7 +416,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (small) {
-    const Case c = {"small N1 D3 H5", 1, 32, 3, 5, 32, 1, 1, 1, 0, 0, 0, true, false, 0.7f};
+    // W = 33 (generic gather) and W = 32 (fast gather); 3-4 rows per block, so the staging tiles
+    // and slab slots are reused
+    const Case c2 = {"small N2 D6 H8 W33", 2, 32, 6, 8, 33, 1, 1, 2, 0, 0, 0, true, false, 0.7f};
+    correctness_case(c2, minidl::fused_conv_detail::kDefaultVariant);
+    const Case c = {"small N2 D6 H9", 2, 32, 6, 9, 32, 1, 1, 1, 0, 0, 0, true, false, 0.7f};
     correctness_case(c, minidl::fused_conv_detail::kDefaultVariant);
     printf("%s\n", g_failures ? "SOME CHECKS FAILED" : "ALL CHECKS PASSED");
     return g_failures ? 1 : 0;
