@@ -130,6 +130,15 @@ template <int N>
 __device__ __forceinline__ void bulk_wait_all() {
   asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
 }
+// Thread 0, after committing tile t's store from stage s: once the previous tile's store has read
+// its stage out of shared memory, refill that stage with the tile kS - 1 tiles ahead.
+template <int kS, class Issue>
+__device__ __forceinline__ void refill_previous_stage(int64_t t, int64_t ntiles, int s, Issue& issue) {
+  if (t == blockIdx.x) return;  // the block's first tile: no previous stage
+  bulk_wait_read<1>();
+  const int64_t tn = t + int64_t(kS - 1) * gridDim.x;
+  if (tn < ntiles) issue(tn, s == 0 ? kS - 1 : s - 1);
+}
 __device__ __forceinline__ void sts4(float* p, const F4& a) {
   *reinterpret_cast<float4*>(p) = make_float4(a.v[0], a.v[1], a.v[2], a.v[3]);
 }
@@ -244,11 +253,7 @@ __global__ void __launch_bounds__(kBlock) ln_fwd_d64(LnForwardArgs a, int64_t nt
         if (a.rstd) bulk_store(a.rstd + r0, tile + kT * 65, uint32_t(n) * 4u, pol);
       }
       bulk_commit();
-      if (t != blockIdx.x) {  // the previous tile's stage, once its store has read it
-        bulk_wait_read<1>();
-        const int64_t tn = t + int64_t(kS - 1) * gridDim.x;
-        if (tn < ntiles) issue(tn, s == 0 ? kS - 1 : s - 1);
-      }
+      refill_previous_stage<kS>(t, ntiles, s, issue);
     }
     if (++s == kS) {
       s = 0;
@@ -408,11 +413,7 @@ __global__ void __launch_bounds__(kBlock) ln_bwd_d64(LnBackwardArgs a, int64_t n
       const int64_t r0 = t * kT;
       bulk_store(a.dx + r0 * 64, tile, uint32_t(min(int64_t(kT), a.rows - r0)) * 256u, policy_evict_first());
       bulk_commit();
-      if (t != blockIdx.x) {  // the previous tile's stage, once its store has read it
-        bulk_wait_read<1>();
-        const int64_t tn = t + int64_t(kS - 1) * gridDim.x;
-        if (tn < ntiles) issue(tn, s == 0 ? kS - 1 : s - 1);
-      }
+      refill_previous_stage<kS>(t, ntiles, s, issue);
     }
     if (++s == kS) {
       s = 0;
