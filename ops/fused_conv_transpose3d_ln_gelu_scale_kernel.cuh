@@ -405,7 +405,10 @@ __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params
   if (wg < 2) {
     // ======================================================== MMA + gather warpgroups
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kMmaRegs));
-    const int q = wg, wtid = tid & 127;
+    // The warpgroup index through a shuffle from lane 0: the compiler then knows it is the same
+    // in the whole warp and keeps what derives from it (the wgmma descriptors) in uniform
+    // registers; from threadIdx.x directly every wgmma waited for two R2UR moves (NOTES.md).
+    const int q = __shfl_sync(0xffffffffu, wg, 0), wtid = tid & 127;
     // Gather constants: lane = (r8, cim) fills slab rows r8 + 8 blk of channel 4 ci4 + cim.
     // Slab row = iw - iw0 (iw0: iw_min rounded down to 8, so 8-float runs are sector aligned);
     // rows outside [0, W) are zeroed once and never written again.
