@@ -39,6 +39,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/smem_sync.cuh"
 #include "ops/fused_conv_support.h"
 
 namespace minidl {
@@ -124,9 +125,12 @@ __device__ __forceinline__ bool advance_item(const Geometry& g, Item& it) {
 }
 
 // ---------------------------------------------------------------- small PTX wrappers
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+using ptx::fence_proxy_async_smem;
+using ptx::mbar_arrive;
+using ptx::mbar_init;
+using ptx::mbar_init_fence;
+using ptx::mbar_wait;
+using ptx::smem_u32;
 __device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, uint32_t src_bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
@@ -135,8 +139,6 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-// cp.async writes are generic-proxy writes; wgmma reads shared memory through the async proxy.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -243,22 +245,6 @@ __device__ __forceinline__ void cp_async4_zfill(uint32_t dst, const float* src, 
       : "memory");
 }
 
-// mbarriers (shared::cta): arrive has release semantics, try_wait.parity acquire semantics.
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred p;\n"
-      "FC_WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra FC_WAIT_%=;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
 // Named barrier among a subset of the block's threads.
 __device__ __forceinline__ void bar_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
@@ -399,7 +385,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params
   if (it0 >= it1) return;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
   init_stage_bars(stage_bars, tid);
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  mbar_init_fence();
   __syncthreads();
 
   if (wg < 2) {
@@ -506,7 +492,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params
     int Pc = 1;
     for (int r = it0, k = 0; r < it1; ++r, ++k) {
       cp_async_wait<1>();
-      fence_proxy_async();
+      fence_proxy_async_smem();  // cp.async writes are generic-proxy; wgmma reads through the async proxy
       bar_sync(kBarMma, 256);
       if (cur.cls != cur_cls) {
         const float4* src = g_wprep + (size_t)(cur.cls * 2 + q) * CIN * 128 + wtid;

@@ -18,6 +18,7 @@
 
 #include "core/cuda_check.cuh"
 #include "core/cuda_runtime.h"
+#include "core/smem_sync.cuh"
 #include "ops/cuda_kernels.h"
 #include "ops/gelu_math.h"
 
@@ -77,40 +78,23 @@ __device__ __forceinline__ F4 lds4(const float* p) {  // 16-byte shared-memory l
 }
 
 // ---- bulk copies into shared memory (sm_90) ------------------------------------------------------
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-// Makes the initialised barriers visible to the copy engine before the first copy names them.
-__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
-__device__ __forceinline__ void mbar_arrive_expect(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-}
+using ptx::fence_proxy_async_smem;
+using ptx::mbar_arrive_expect;
+using ptx::mbar_init;
+using ptx::mbar_init_fence;
+using ptx::mbar_wait;
+using ptx::smem_u32;
 __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
                    smem_u32(dst)),
                "l"(src), "r"(bytes), "r"(smem_u32(bar))
                : "memory");
 }
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "LN_WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra LN_WAIT_%=;\n"
-      "}\n" ::"r"(smem_u32(bar)),
-      "r"(parity)
-      : "memory");
-}
 
 // Bulk copies out of shared memory (y / dx tiles written in place into their stage). The writing
 // threads fence their generic-proxy stores towards the async proxy, then a block barrier; one
 // thread issues the copy and commits it as a bulk group; the stage may only be refilled once the
 // group has been read out of shared memory (wait_group.read).
-__device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 __device__ __forceinline__ void bulk_store(void* dst, const void* src, uint32_t bytes, uint64_t policy) {
   asm volatile("cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;" ::"l"(dst),
                "r"(smem_u32(src)), "r"(bytes), "l"(policy)
