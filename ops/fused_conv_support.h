@@ -80,13 +80,18 @@ inline std::string fused_conv_unsupported_reason(const Shape& x, const Shape& we
 // plus the per-row mean and rstd ([N, Cout, D_out, H_out]) of conv + bias. conv_bias, gamma and
 // beta may be null (zero bias, gamma = 1, beta = 0). The configuration must pass
 // fused_conv_unsupported_reason (else std::invalid_argument). precise = false uses TF32 tensor
-// cores (wgmma, sm_90a); precise = true runs FP32 FMA throughout.
+// cores (wgmma, sm_90a) and needs `workspace` (device memory of
+// fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(), for a re-laid-out copy of x, in use
+// until the kernel finishes); precise = true runs FP32 FMA throughout and needs none.
+size_t fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H,
+                                                             bool precise);
 void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w, const float* conv_bias,
                                                  const float* gamma, const float* beta, float* y, float* mean,
                                                  float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H,
                                                  int64_t W, int64_t Cout, int pad_d, int pad_h, int pad_w,
                                                  int out_pad_d, int out_pad_h, int out_pad_w, float eps,
-                                                 bool tanh_gelu, float factor, bool precise, cudaStream_t stream);
+                                                 bool tanh_gelu, float factor, bool precise, void* workspace,
+                                                 cudaStream_t stream);
 #endif
 
 }  // namespace minidl

@@ -20,9 +20,15 @@ void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w,
                                                  float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H,
                                                  int64_t W, int64_t Cout, int pad_d, int pad_h, int pad_w,
                                                  int out_pad_d, int out_pad_h, int out_pad_w, float eps,
-                                                 bool tanh_gelu, float factor, bool precise, cudaStream_t stream) {
+                                                 bool tanh_gelu, float factor, bool precise, void* workspace,
+                                                 cudaStream_t stream) {
   fused_conv_detail::launch(x, w, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
-                            out_pad_d, out_pad_h, out_pad_w, eps, tanh_gelu, factor, precise, stream);
+                            out_pad_d, out_pad_h, out_pad_w, eps, tanh_gelu, factor, precise, workspace, stream);
+}
+
+size_t fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H,
+                                                             bool precise) {
+  return precise ? 0 : fused_conv_detail::workspace_bytes(N, Cin, D, H);
 }
 
 #ifndef FUSED_CONV_STANDALONE
@@ -77,12 +83,18 @@ void fused_conv_cuda(KernelContext& ctx) {
   const std::string& approx = ctx.attrs().get_str("approximate");
   MINIDL_CHECK(approx == "none" || approx == "tanh", kOp, ": attribute 'approximate' must be \"none\" or \"tanh\", got \"",
                approx, "\"");
+  // Scratch for the re-laid-out input, returned to the caching allocator right after the launch:
+  // every kernel runs on the one stream, so a later user of the block runs after this kernel.
+  const bool precise = ctx.attrs().get_bool("precise");
+  const size_t ws_bytes = fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(N, Cin, D, H, precise);
+  void* workspace = ws_bytes ? cuda::allocate(ws_bytes) : nullptr;
   launch_fused_conv_transpose3d_ln_gelu_scale(
       x.data<float>(), w.data<float>(), cb.defined() ? cb.data<float>() : nullptr, lw.data<float>(),
       lb.data<float>(), y.data<float>(), ctx.out(1).data<float>(), ctx.out(2).data<float>(), N, Cin, D, H, W, Cout,
       (int)padding[0], (int)padding[1], (int)padding[2], (int)out_pad[0], (int)out_pad[1], (int)out_pad[2],
       (float)ctx.attrs().get_float("eps"), approx == "tanh", (float)ctx.attrs().get_float("factor"),
-      ctx.attrs().get_bool("precise"), cuda::stream());
+      precise, workspace, cuda::stream());
+  if (workspace) cuda::deallocate(workspace);
   MINIDL_LAUNCH_CHECK(kOp);
 }
 

@@ -2,7 +2,8 @@
 // Cout 64) -> + bias -> LayerNorm over the last dim (W_out = 64) -> GELU -> * factor, in one pass
 // that writes y once plus the per-row mean and rstd. Included by
 // ops/fused_conv_transpose3d_ln_gelu_scale.cu and by the standalone check
-// bench/standalone/fused_conv_check.cu; it needs only the CUDA runtime.
+// bench/standalone/fused_conv_check.cu; it needs only the CUDA runtime (the driver's tensor-map
+// encoder is reached through cudaGetDriverEntryPointByVersion).
 //
 // How the TF32 kernel works (numbers for Cin = 32; bench/NOTES.md has the measurements):
 //  * Phases. Output od receives x[id] through tap kd = td - 2 id with td = od + pad_d, so only
@@ -13,26 +14,34 @@
 //  * Work item = one output row (n, od, oh): all 64 co x all 64 ow, K = Cin x 8 taps = 256.
 //    Per ow parity q it is the GEMM D[co 64][u 32] = W_q[co][k] * X[k][u]; wgmma m64n32k8 with
 //    A (weights) from registers and B (inputs) from shared memory (32 k-steps per row and q).
-//  * Warp specialization (v5). Warpgroups 0 and 1 (q = 0, 1) keep the A fragments of their parity
-//    for all of K (128 registers) and run the tensor cores and the input gather; warpgroups 2 and
-//    3 run LayerNorm / GELU / scale and the stores. setmaxnreg splits the register file 184 / 72.
-//    The roles meet in a double-buffered staging tile handed over with mbarriers (full / empty),
-//    so one row's epilogue runs while the next rows' wgmmas and gathers proceed.
-//    Weights are loaded once per class change (a persistent block walks a contiguous range of
-//    items sorted by class).
-//  * Inputs: an item needs 4 input planes (id0 - a, ih0 - b), a, b in {0, 1}. They are kept as two
-//    plane pairs (one per ih) in a ring of 8 slots; row oh + 2 of the same (class, n, od) has
-//    ih0 + 1, so it reuses one pair and gathers one new pair (half the input traffic of v4). A
-//    plane is [ci/4][row = iw - iw0][ci%4]: the K-major, no-swizzle layout wgmma wants (a core
-//    matrix = 8 u-rows x 4 channels = 128 contiguous bytes; the next 4 channels are LBO on), and
-//    the shift by tap c or parity q is a 16-byte offset of the descriptor's start address: an
-//    implicit im2col with no copies. The gather is 4-byte cp.async with zero fill, sector aligned.
+//  * Input re-layout (v7). A small pre-kernel writes x once more as planes, one per (n, id, ih):
+//    [ci/4][rho][ci%4] with rho = iw - iw_min over 34 rows (zeros outside [0, W)), TF32-rounded.
+//    That is exactly the K-major, no-swizzle layout wgmma wants (a core matrix = 8 u-rows x 4
+//    channels = 128 contiguous bytes; the next 4 channels are LBO on), so one plane is one
+//    contiguous 4352-byte bulk copy (cp.async.bulk, completing on an mbarrier), issued by a single
+//    thread, and the shift by tap c or parity q is a 16-byte offset of the descriptor's start
+//    address: an implicit im2col with no copies. A zero plane at the end stands in for every
+//    out-of-range (id, ih).
+//  * Warp specialization. Warpgroups 0 and 1 (q = 0, 1) keep the A fragments of their parity for
+//    all of K (128 registers) and run the tensor cores with two accumulator sets: row r's wgmmas
+//    are issued before row r-1's results are reduced and staged, so the tensor pipe is fed across
+//    rows. Thread 0 also issues the bulk copies kAhead rows ahead. Warpgroups 2 and 3 run
+//    LayerNorm / GELU / scale, write the finished 64 x 64 tile to shared memory and one thread
+//    stores it with a single TMA tensor store (4-D box: 64 ow x 64 co). setmaxnreg splits the
+//    register file 192 / 64. The roles meet in a double-buffered staging tile handed over with
+//    mbarriers (full / empty). Weights are loaded once per class change (a persistent block walks
+//    a contiguous range of items sorted by class).
+//  * Inputs: an item needs 4 input planes (id0 - a, ih0 - b), a, b in {0, 1}, kept as two plane
+//    pairs (one per ih) in a ring of kPairSlots slots; row oh + 2 of the same (class, n, od) has
+//    ih0 + 1, so it reuses one pair and loads one new pair.
 //  * LayerNorm statistics: each MMA warpgroup reduces its 32 accumulators per row to (sum, sum of
 //    squared deviations) and stores them beside the tile; the epilogue merges the two parities
 //    (Chan et al.), so it needs no shuffles.
 //  * All element offsets into x, y, mean and rstd are 64-bit.
 // The precise (FP32) kernel is a plain direct convolution per row with the same epilogue.
 #pragma once
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -45,13 +54,20 @@
 namespace minidl {
 namespace fused_conv_detail {
 
-constexpr int kThreads = 512;   // warpgroups 0, 1: tensor cores + gather (q = ow parity); 2, 3: epilogue
-constexpr int kMmaRegs = 184;   // setmaxnreg: 128 weight registers + 16 accumulators + addressing
-constexpr int kEpiRegs = 72;    // 2 * 184 + 2 * 72 = 4 * 128, the whole register file
-constexpr int kPlaneRows = 48;  // slab rows per channel group: iw = iw0 + row, 6 blocks of 8
-constexpr int kPairSlots = 8;   // ring of input plane pairs (at most 6 in use at a time)
+constexpr int kThreads = 512;   // warpgroups 0, 1: tensor cores (q = ow parity); 2, 3: epilogue
+constexpr int kMmaRegs = 192;   // setmaxnreg: 128 weight registers + 2 x 16 accumulators + addressing
+constexpr int kEpiRegs = 64;    // 2 * 192 + 2 * 64 = 4 * 128, the whole register file
+constexpr int kPlaneRows = 34;  // input plane rows per channel group: rho = iw - iw_min, 32 u + 2 taps
+constexpr int kPairSlots = 16;  // ring of input plane pairs
+constexpr int kAhead = 4;       // rows whose inputs are loaded ahead of the row being computed
 constexpr int kStageLd = 72;    // staging row per co: [q0: 32 u][q1: 32 u][8 pad] (bank-conflict free)
+constexpr int kOutTiles = 3;    // finished 64 x 64 tiles waiting for their TMA store
 constexpr int kMaxCin = 32;
+// Bytes of one re-laid-out input plane (n, id, ih): [Cin/4][kPlaneRows][4] floats.
+constexpr uint32_t plane_bytes(int cin) { return (uint32_t)(cin / 4) * kPlaneRows * 16; }
+// Slots hold the pairs of rows r-1 .. r+kAhead (at most 2 new pairs per row, plus one shared).
+static_assert(2 * (kAhead + 1) + 1 < kPairSlots, "pair ring too small for the load-ahead distance");
+static_assert((kPairSlots & (kPairSlots - 1)) == 0, "kPairSlots must be a power of two");
 // Bit 0: alternative A-fragment k order; bit 1: swapped LBO/SBO. The standalone check probes all
 // four on the device; 0 is the documented PTX layout.
 constexpr int kDefaultVariant = 0;
@@ -71,6 +87,7 @@ struct Geometry {
 struct Params {
   Geometry g;
   const float* x;
+  float* xt;  // re-laid-out input planes (workspace_bytes()), written by relayout_input_kernel
   const float* bias;
   const float* gamma;
   const float* beta;
@@ -125,20 +142,18 @@ __device__ __forceinline__ bool advance_item(const Geometry& g, Item& it) {
 }
 
 // ---------------------------------------------------------------- small PTX wrappers
+using ptx::bulk_commit;
+using ptx::bulk_load;
+using ptx::bulk_wait_all;
+using ptx::bulk_wait_read;
 using ptx::fence_proxy_async_smem;
 using ptx::mbar_arrive;
+using ptx::mbar_arrive_expect;
 using ptx::mbar_init;
 using ptx::mbar_init_fence;
 using ptx::mbar_wait;
+using ptx::policy_evict_first;
 using ptx::smem_u32;
-__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, uint32_t src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -147,6 +162,18 @@ __device__ __forceinline__ void wgmma_wait() {
 }
 // Keeps the compiler from moving accumulator reads/writes across the wgmma fence/wait.
 __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// TMA tensor store of the box at coordinates (c0..c3) from shared memory, as a bulk group, with an
+// L2 policy. `map` is the address of a __grid_constant__ CUtensorMap kernel parameter.
+__device__ __forceinline__ void tma_store_4d(const void* map, uint32_t src, int c0, int c1, int c2, int c3,
+                                             uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.bulk_group.L2::cache_hint [%0, {%2, %3, %4, %5}], [%1], %6;\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "l"(policy)
+      : "memory");
+}
+
 
 __device__ __forceinline__ float tf32_round(float v) {
   uint32_t r;
@@ -236,27 +263,53 @@ __device__ __forceinline__ float gelu_scaled(float u, float factor) {
   return gelu_erf_fast(u, factor);
 }
 
-// 4-byte cp.async; when `ignore` is set, zeros are written instead (out-of-range taps).
-__device__ __forceinline__ void cp_async4_zfill(uint32_t dst, const float* src, uint32_t ignore_mask, uint32_t bit) {
-  asm volatile(
-      "{\n.reg .pred p;\n.reg .b32 t;\nand.b32 t, %2, %3;\nsetp.ne.b32 p, t, 0;\n"
-      "cp.async.ca.shared.global [%0], [%1], 4, p;\n}\n" ::"r"(dst),
-      "l"(src), "r"(ignore_mask), "r"(bit)
-      : "memory");
+
+// ---------------------------------------------------------------- input re-layout (TF32 path)
+// xt plane (n, id, ih) at index (n*D + id)*H + ih holds [ci/4][rho][ci%4] = x[n][ci][id][ih][iw]
+// with iw = iw_min + rho, zero outside [0, W), rounded to TF32; plane N*D*H is all zeros. One block
+// per (n, id); consecutive threads take consecutive rho, so each read is a coalesced run of one
+// channel's row and each write a 16-byte store.
+template <int CIN>
+__global__ void relayout_input_kernel(const float* __restrict__ x, float4* __restrict__ xt, const Geometry g) {
+  constexpr int kPlaneF4 = CIN / 4 * kPlaneRows;
+  const int64_t nd = blockIdx.x;
+  const int64_t planes = (int64_t)g.N * g.D;
+  if (nd == planes) {  // the zero plane
+    for (int i = threadIdx.x; i < kPlaneF4; i += blockDim.x)
+      xt[planes * g.H * kPlaneF4 + i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    return;
+  }
+  const int n = (int)(nd / g.D), id = (int)(nd % g.D);
+  const int iw_min = (g.pw >> 1) - 1;
+  const int64_t chan = (int64_t)g.D * g.H * g.W;
+  const float* xs = x + ((int64_t)n * CIN * g.D + id) * g.H * g.W;
+  float4* dst = xt + nd * g.H * kPlaneF4;
+  for (int i = threadIdx.x; i < g.H * kPlaneF4; i += blockDim.x) {
+    const int ih = i / kPlaneF4, e = i - ih * kPlaneF4;
+    const int ci4 = e / kPlaneRows, iw = iw_min + (e - ci4 * kPlaneRows);
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (iw >= 0 && iw < g.W) {
+      const float* s = xs + 4 * ci4 * chan + ih * g.W + iw;
+      v = make_float4(tf32_round(__ldg(s)), tf32_round(__ldg(s + chan)), tf32_round(__ldg(s + 2 * chan)),
+                      tf32_round(__ldg(s + 3 * chan)));
+    }
+    dst[i] = v;
+  }
 }
 
 // Named barrier among a subset of the block's threads.
 __device__ __forceinline__ void bar_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
-constexpr int kBarMma = 1;  // the two MMA warpgroups: slab of the item landed (bar.sync on both sides)
+constexpr int kBarMma = 1;  // the two MMA warpgroups, once per row: both passed the previous row
+constexpr int kBarEpi = 2;  // the two epilogue warpgroups, once per row: the output tile is written
 // The staging tiles are handed between the roles with mbarriers on which every thread of the
 // handing role arrives: full[b] (count 256: the MMA threads, after writing tile b) and empty[b]
 // (count 256: the epilogue threads, after reading it). Named barriers with bar.arrive are just as
 // correct, but compute-sanitizer racecheck then reports hazards on correct code
 // (bench/standalone/racecheck_probe.cu), which would hide real ones.
-constexpr int kStageTiles = 2;                     // staging tiles in the ring (3 measured no faster)
-constexpr int kStageBarBytes = 16 * kStageTiles;   // full[kStageTiles], empty[kStageTiles]
+constexpr int kStageTiles = 2;                    // staging tiles in the ring (3 measured no faster)
+constexpr int kBarBytes = 8 * (2 * kStageTiles + kPairSlots);  // stage full/empty, slab pair full
 __device__ __forceinline__ void init_stage_bars(uint32_t bars, int tid) {
   if (tid < 2 * kStageTiles) mbar_init(bars + 8 * tid, 256);
 }
@@ -276,12 +329,16 @@ __device__ __forceinline__ void wait_stage_empty(uint32_t bars, int k) {
 
 // The epilogue warpgroups of the TF32 kernel: for each item, wait for its staging tile, read
 // it, hand the tile back, then bias-free LayerNorm (statistics merged from the MMA warps' partial
-// sums) -> GELU -> scale and 16-byte streaming stores of y, plus the row's mean and rstd.
+// sums) -> GELU -> scale into an output tile [co][ow] in shared memory, which thread 0 of the
+// role stores with one TMA tensor store; the row's mean and rstd are stored directly.
 // 8 lanes own one co row of 64 values (lane l8: ow = 4*l8..+3 and 32+4*l8..+3), two rows per
 // thread and item; rows co and co+2 share a half warp (disjoint banks with kStageLd = 72).
-template <bool TANH, int MODE, bool kEpi>
-__device__ __forceinline__ void fused_conv_epilogue(const Params& p, const float* stages, int stage_floats,
-                                                    uint32_t stage_bars, int it0, int it1, int ew, int lane) {
+// Output tile k % kOutTiles is rewritten only after the TMA store that last read it has finished
+// reading (thread 0 waits for that before the per-row barrier).
+template <bool TANH, int MODE, bool kEpi, bool TMA_STORE>
+__device__ __forceinline__ void fused_conv_epilogue(const Params& p, const void* ymap, const float* stages,
+                                                    int stage_floats, float* outs, uint32_t stage_bars, int it0,
+                                                    int it1, int ew, int lane, int etid) {
   const Geometry& g = p.g;
   const int qq = lane >> 3, l8 = lane & 7;
   const int rsub = ((qq & 1) << 1) | (qq >> 1);
@@ -298,6 +355,7 @@ __device__ __forceinline__ void fused_conv_epilogue(const Params& p, const float
   bias_r[0] = p.bias ? p.bias[co_r0] : 0.f;
   bias_r[1] = p.bias ? p.bias[co_r0 + 4] : 0.f;
   const int64_t plane = (int64_t)g.Dout * g.Hout;
+  const uint64_t policy = policy_evict_first();
   const int n_items = it1 - it0;
   Item cur = decode_item(g, it0);
   for (int k = 0; k < n_items; ++k) {
@@ -318,66 +376,94 @@ __device__ __forceinline__ void fused_conv_epilogue(const Params& p, const float
     }
     if (k + kStageTiles < n_items) signal_stage_empty(stage_bars, k);  // the MMA may refill this tile
     if (kEpi) {
+      float* out = outs + (k % kOutTiles) * 64 * 64;
       const int64_t row0 = ((int64_t)cur.n * 64 * g.Dout + cur.od) * g.Hout + cur.oh + co_r0 * plane;
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const int64_t row = row0 + 4 * i * plane;
-        float* yrow = p.y + row * 64 + 4 * l8;
-        if (MODE == 2) {
-          __stcs(reinterpret_cast<float4*>(yrow), make_float4(v[i][0], v[i][1], v[i][2], v[i][3]));
-          __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(v[i][4], v[i][5], v[i][6], v[i][7]));
-          continue;
-        }
-        // Merge of the two parities' (sum, M2) over 32 values each: M2 = M2_0 + M2_1 + (S0 - S1)^2 / 64.
-        const float mu = (stt[i].x + stt[i].z) * (1.f / 64.f);
-        const float dS = stt[i].x - stt[i].z;
-        const float m2 = fmaf(dS * dS, 1.f / 64.f, stt[i].y + stt[i].w);
-        const float rs = rsqrtf(m2 * (1.f / 64.f) + p.eps);
         float o[8];
+        if (MODE == 2) {  // profiling: staged values stored as they are
 #pragma unroll
-        for (int j = 0; j < 8; ++j) o[j] = gelu_scaled<TANH>(fmaf((v[i][j] - mu) * rs, gam[j], bet[j]), p.factor);
-        __stcs(reinterpret_cast<float4*>(yrow), make_float4(o[0], o[1], o[2], o[3]));
-        __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(o[4], o[5], o[6], o[7]));
-        if (l8 == 0) {
-          p.mean[row] = mu + bias_r[i];  // the bias shifts z, so it shifts the mean and nothing else
-          p.rstd[row] = rs;
+          for (int j = 0; j < 8; ++j) o[j] = v[i][j];
+        } else {
+          // Merge of the two parities' (sum, M2) over 32 values each: M2 = M2_0 + M2_1 + (S0 - S1)^2 / 64.
+          const float mu = (stt[i].x + stt[i].z) * (1.f / 64.f);
+          const float dS = stt[i].x - stt[i].z;
+          const float m2 = fmaf(dS * dS, 1.f / 64.f, stt[i].y + stt[i].w);
+          const float rs = rsqrtf(m2 * (1.f / 64.f) + p.eps);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) o[j] = gelu_scaled<TANH>(fmaf((v[i][j] - mu) * rs, gam[j], bet[j]), p.factor);
+          if (l8 == 0) {
+            const int64_t row = row0 + 4 * i * plane;
+            p.mean[row] = mu + bias_r[i];  // the bias shifts z, so it shifts the mean and nothing else
+            p.rstd[row] = rs;
+          }
         }
+        if (TMA_STORE) {
+          float* orow = out + (co_r0 + 4 * i) * 64 + 4 * l8;
+          *reinterpret_cast<float4*>(orow) = make_float4(o[0], o[1], o[2], o[3]);
+          *reinterpret_cast<float4*>(orow + 32) = make_float4(o[4], o[5], o[6], o[7]);
+        } else {
+          float* yrow = p.y + (row0 + 4 * i * plane) * 64 + 4 * l8;
+          __stcs(reinterpret_cast<float4*>(yrow), make_float4(o[0], o[1], o[2], o[3]));
+          __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(o[4], o[5], o[6], o[7]));
+        }
+      }
+      if (!TMA_STORE) {
+        advance_item(g, cur);
+        continue;
+      }
+      fence_proxy_async_smem();  // the tile is read by the TMA store (async proxy)
+      if (etid == 0) bulk_wait_read<kOutTiles - 2>();  // the store of item k-1 has read its tile
+      bar_sync(kBarEpi, 256);
+      if (etid == 0) {
+        tma_store_4d(ymap, smem_u32(out), 0, cur.oh, cur.od, cur.n * 64, policy);
+        bulk_commit();
       }
     }
     advance_item(g, cur);
   }
+  if (TMA_STORE && etid == 0) bulk_wait_all<0>();  // the stores read shared memory until they are done
 }
 
 // Warpgroups 0 and 1 (ow parity q = warpgroup) keep the A fragments of their parity for all of K
-// (Cin x 8 taps: 128 registers) and run the tensor cores plus the input gather; warpgroups 2 and
-// 3 run LayerNorm / GELU / scale / stores. The two roles meet in a double-buffered staging tile,
-// handed over with mbarriers, so one item's epilogue overlaps the next items' matrix work.
-//   MMA, item r: barrier (slab r landed) -> issue 32 async wgmmas -> cp.async gather of item
-//   r+2 -> wait -> (staging tile free) -> write the 64x32 tile of parity q -> signal full.
-//   Epilogue, item r: wait full -> read the 64x64 tile -> signal empty -> LN/GELU/stores.
+// (Cin x 8 taps: 128 registers) and run the tensor cores; warpgroups 2 and 3 run LayerNorm / GELU /
+// scale / stores. The two roles meet in a double-buffered staging tile, handed over with
+// mbarriers, so one item's epilogue overlaps the next items' matrix work.
+//   MMA, item k: slab pairs of k landed (mbarrier) -> barrier of both MMA warpgroups -> issue 32
+//   async wgmmas into accumulator set k&1 -> thread 0: bulk copies of item k + kAhead -> wait for
+//   item k-1's wgmmas -> item k-1: LN partial statistics, (staging tile free) -> write its 64x32
+//   half of the tile -> signal full.
+//   Epilogue, item k: wait full -> read the 64x64 tile -> signal empty -> LN/GELU into the output
+//   tile -> barrier -> one TMA store.
 // Inputs: the slab of an item is two plane pairs, one per input row ih (b = 0: ih0, b = 1:
 // ih0 - 1), each pair holding id0 and id0 - 1 (a = 0, 1). Row oh + 2 of the same class has
-// ih0 + 1, so it reuses the pair ih0 and loads one new pair: half of the input gather. Pairs live
-// in a ring of kPairSlots slots, indexed by a running pair counter P (item: b = 0 -> P, b = 1 -> P-1).
+// ih0 + 1, so it reuses the pair ih0 and loads one new pair. Pairs live in a ring of kPairSlots
+// slots, indexed by a running pair counter P (item: b = 0 -> P, b = 1 -> P-1); every P is loaded
+// exactly once, so slot P % kPairSlots completes its full barrier for the (P / kPairSlots)-th time.
+// The copy for item k + kAhead is issued after both warpgroups passed item k's barrier, so items
+// <= k-2 have completed their wgmmas, and its slots differ from those of items k-1 .. k+kAhead
+// (static_assert on kPairSlots).
 // MODE (profiling only, bench/standalone): 0 = the kernel; 1 = no wgmma; 2 = no epilogue math
-// (staged values stored as they are); 3 = no input gather; 4 = wgmma only; 5 = epilogue only;
-// 6 = gather only.
-// FASTW: W = 32 and pad_w = 1 (the flagship): every gathered run of 8 floats is in range and
-// sector aligned, so the gather is one pointer per plane and 4 cp.async with immediate offsets.
-template <int CIN, bool TANH, int MODE = 0, bool FASTW = false>
-__global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params p) {
+// (staged values stored as they are); 3 = no input loads; 4 = wgmma only; 5 = epilogue only;
+// 6 = input loads only.
+template <int CIN, bool TANH, int MODE = 0, bool TMA_STORE = true>
+__global__ void __launch_bounds__(kThreads, 1)
+    fused_conv_tc_kernel(const Params p, const __grid_constant__ CUtensorMap ymap) {
   constexpr bool kMma = MODE != 1 && MODE != 5 && MODE != 6;
-  constexpr bool kGather = MODE != 3 && MODE != 4 && MODE != 5;
+  constexpr bool kLoad = MODE != 3 && MODE != 4 && MODE != 5;
   constexpr bool kEpi = MODE != 4 && MODE != 6;
-  constexpr int kPlaneFloats = CIN * kPlaneRows;  // [ci/4][row][ci%4]
-  constexpr int kPairFloats = 2 * kPlaneFloats;   // a = 0, 1
-  constexpr int kStageFloats = 64 * kStageLd;     // [co][q][u] + pad
-  constexpr int KS = CIN;                         // k-steps of 8 (K = 8 Cin)
-  constexpr int KC = CIN / 8;                     // k-steps per tap (a, b, c)
+  constexpr uint32_t kPlaneBytes = plane_bytes(CIN);
+  constexpr uint32_t kPairBytes = 2 * kPlaneBytes;
+  constexpr int kStageFloats = 64 * kStageLd;  // [co][q][u] + pad
+  constexpr int KS = CIN;                      // k-steps of 8 (K = 8 Cin)
+  constexpr int KC = CIN / 8;                  // k-steps per tap (a, b, c)
+  // Shared memory: output tiles | staging tiles | input pair slots | mbarriers.
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  float* const slabs = reinterpret_cast<float*>(smem_raw);
-  float* const stages = slabs + kPairSlots * kPairFloats;
-  const uint32_t stage_bars = smem_u32(stages + kStageTiles * kStageFloats);
+  float* const outs = reinterpret_cast<float*>(smem_raw);
+  float* const stages = outs + kOutTiles * 64 * 64;
+  unsigned char* const slabs = reinterpret_cast<unsigned char*>(stages + kStageTiles * kStageFloats);
+  const uint32_t stage_bars = smem_u32(slabs + kPairSlots * kPairBytes);
+  const uint32_t slab_bars = stage_bars + 8 * 2 * kStageTiles;
   const Geometry& g = p.g;
 
   const int it0 = (int)((int64_t)blockIdx.x * g.total / gridDim.x);
@@ -385,159 +471,71 @@ __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params
   if (it0 >= it1) return;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
   init_stage_bars(stage_bars, tid);
+  if (tid < kPairSlots) mbar_init(slab_bars + 8 * tid, 1);
   mbar_init_fence();
   __syncthreads();
+  const int n_items = it1 - it0;
 
   if (wg < 2) {
-    // ======================================================== MMA + gather warpgroups
+    // ======================================================== MMA warpgroups
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kMmaRegs));
     // The warpgroup index through a shuffle from lane 0: the compiler then knows it is the same
     // in the whole warp and keeps what derives from it (the wgmma descriptors) in uniform
     // registers; from threadIdx.x directly every wgmma waited for two R2UR moves (NOTES.md).
     const int q = __shfl_sync(0xffffffffu, wg, 0), wtid = tid & 127;
-    // Gather constants: lane = (r8, cim) fills slab rows r8 + 8 blk of channel 4 ci4 + cim.
-    // Slab row = iw - iw0 (iw0: iw_min rounded down to 8, so 8-float runs are sector aligned);
-    // rows outside [0, W) are zeroed once and never written again.
-    const int cim = lane & 3, r8 = lane >> 2;
-    const int iw_min = (g.pw >> 1) - 1;
-    const int iw0 = iw_min < 0 ? -8 : (iw_min & ~7);
-    const int blk_lo = iw0 < 0 ? 1 : 0;
-    const int blk_hi = min(kPlaneRows / 8, (g.W - iw0 + 7) >> 3);
-    uint32_t iw_bad = 0;
-#pragma unroll
-    for (int blk = 0; blk < kPlaneRows / 8; ++blk)
-      if (iw0 + 8 * blk + r8 >= g.W) iw_bad |= 1u << blk;
     const uint32_t slab_s = smem_u32(slabs);
-    const uint32_t g_dst = slab_s + (r8 * 4 + cim) * 4;
+    const bool producer = tid == 0;
 
-    // FASTW constants: this thread's combos are (a, ci4) = (warp & 1, (warp >> 1) + 4 j).
-    const int64_t chan = (int64_t)g.D * g.H * g.W;
-    const int64_t thr_src = (int64_t)(4 * (warp >> 1) + cim) * chan + r8;
-    const uint32_t thr_dst = g_dst + (uint32_t)(((warp & 1) * (CIN / 4) + (warp >> 1)) * kPlaneRows * 16 + 8 * 16);
-    auto load_pair = [&](const Item& it, int ih, int slot) {
-      const int id0 = (it.od + g.pd) >> 1;
-      if (FASTW) {
-        const int id = id0 - (warp & 1);
-        const bool ok = ih >= 0 && ih < g.H && id >= 0 && id < g.D;
-        const float* src = p.x + thr_src + (ok ? ((int64_t)it.n * CIN * g.D + id) * (g.H * g.W) + ih * g.W : 0);
-        const uint32_t dst = thr_dst + (uint32_t)(slot * kPairFloats * 4);
-        const uint32_t ignore = ok ? 0u : 1u;
-#pragma unroll
-        for (int j = 0; j < (CIN + 15) / 16; ++j) {
-          if (CIN % 16 == 0 || (warp >> 1) + 4 * j < CIN / 4) {
-#pragma unroll
-            for (int blk = 0; blk < 4; ++blk)
-              cp_async4_zfill(dst + (uint32_t)(j * 4 * kPlaneRows * 16 + blk * 128), src + j * 16 * chan + 8 * blk,
-                              ignore, 1u);
-          }
-        }
+    // ---- loads (thread 0 only): pair P of item `it` for input row ih, into slot P % kPairSlots
+    const char* const xt = reinterpret_cast<const char*>(p.xt);
+    const int64_t zero_plane = (int64_t)g.N * g.D * g.H;
+    auto load_pair = [&](const Item& it, int ih, int P) {
+      const int slot = P & (kPairSlots - 1);
+      const uint32_t bar = slab_bars + 8 * slot;
+      if (!kLoad) {
+        mbar_arrive(bar);
         return;
       }
+      mbar_arrive_expect(bar, kPairBytes);
+      const int id0 = (it.od + g.pd) >> 1;
       const bool ihok = ih >= 0 && ih < g.H;
 #pragma unroll
-      for (int cmb0 = 0; cmb0 < CIN / 2; cmb0 += 8) {  // (ci4, a) combos, 8 warps
-        const int cmb = cmb0 + warp;
-        if (CIN / 2 % 8 == 0 || cmb < CIN / 2) {
-          const int a = cmb & 1, ci4 = cmb >> 1;
-          const int id = id0 - a;
-          const bool ok = ihok && id >= 0 && id < g.D;
-          const uint32_t ignore = ok ? iw_bad : 0xFFu;
-          const float* src =
-              p.x + ((((int64_t)it.n * CIN + 4 * ci4 + cim) * g.D + (ok ? id : 0)) * g.H + (ok ? ih : 0)) * g.W +
-              (iw0 + r8);
-          const uint32_t dst = g_dst + (uint32_t)(slot * kPairFloats + (a * (CIN / 4) + ci4) * kPlaneRows * 4) * 4;
-#pragma unroll
-          for (int blk = 0; blk < kPlaneRows / 8; ++blk)
-            if (blk >= blk_lo && blk < blk_hi) cp_async4_zfill(dst + blk * 128, src + 8 * blk, ignore, 1u << blk);
-        }
+      for (int a = 0; a < 2; ++a) {
+        const int id = id0 - a;
+        const int64_t pl = ihok && id >= 0 && id < g.D ? ((int64_t)it.n * g.D + id) * g.H + ih : zero_plane;
+        bulk_load(slab_s + slot * kPairBytes + a * kPlaneBytes, xt + pl * kPlaneBytes, kPlaneBytes, bar);
       }
     };
     // Item with pair counter P: loads its b = 0 pair (ih0); a restart also loads ih0 - 1.
     auto load_item = [&](const Item& it, int P, bool restart) {
       const int ih0 = (it.oh + g.ph) >> 1;
-      load_pair(it, ih0, P & (kPairSlots - 1));
-      if (restart) load_pair(it, ih0 - 1, (P - 1) & (kPairSlots - 1));
+      load_pair(it, ih0, P);
+      if (restart) load_pair(it, ih0 - 1, P - 1);
     };
-
-    {  // zero all slots once (rows never gathered must read as zeros)
-      float4* z = reinterpret_cast<float4*>(slabs);
-      for (int i = tid; i < kPairSlots * kPairFloats / 4; i += 256) z[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-    bar_sync(kBarMma, 256);  // zero stores before any cp.async into the same rows
-
-    Item pre = decode_item(g, it0);  // next item to gather
+    Item pre = decode_item(g, it0);  // next item to load (thread 0)
     int Pp = 1;
-    if (kGather) load_item(pre, Pp, true);
-    cp_async_commit();
-    if (it0 + 1 < it1) {
-      const bool cont = advance_item(g, pre);
-      Pp += cont ? 1 : 2;
-      if (kGather) load_item(pre, Pp, !cont);
+    if (producer) {
+      load_item(pre, Pp, true);
+      for (int j = 1; j < kAhead && j < n_items; ++j) {
+        const bool cont = advance_item(g, pre);
+        Pp += cont ? 1 : 2;
+        load_item(pre, Pp, !cont);
+      }
     }
-    cp_async_commit();
 
     // B descriptor (no swizzle, K-major): LBO = next 4 k (next ci4 group), SBO = next 8 rows of u.
     constexpr uint32_t kLbo = kPlaneRows * 16, kSbo = 128;
     const uint32_t desc_w0 = ((p.variant & 2) ? (kSbo >> 4) : (kLbo >> 4)) << 16;
     const uint32_t desc_w1 = (p.variant & 2) ? (kLbo >> 4) : (kSbo >> 4);
-    const int rho0 = (iw_min - iw0) + ((q + g.pw) >> 1) - (g.pw >> 1) + 1;  // slab row of u = 0, tap c = 0
+    const int rho0 = ((q + g.pw) >> 1) - (g.pw >> 1) + 1;  // plane row of u = 0, tap c = 0
     const uint32_t row_base = slab_s + rho0 * 16;
 
-    uint32_t wa[KS * 4];
-    float acc[16];
-#pragma unroll
-    for (int i = 0; i < 16; ++i) acc[i] = 0.f;
-    int cur_cls = -1;
-    Item cur = decode_item(g, it0);
-    int Pc = 1;
-    for (int r = it0, k = 0; r < it1; ++r, ++k) {
-      cp_async_wait<1>();
-      fence_proxy_async_smem();  // cp.async writes are generic-proxy; wgmma reads through the async proxy
-      bar_sync(kBarMma, 256);
-      if (cur.cls != cur_cls) {
-        const float4* src = g_wprep + (size_t)(cur.cls * 2 + q) * CIN * 128 + wtid;
-#pragma unroll
-        for (int s = 0; s < KS; ++s) {
-          const float4 v = src[s * 128];
-          wa[4 * s + 0] = __float_as_uint(v.x);
-          wa[4 * s + 1] = __float_as_uint(v.y);
-          wa[4 * s + 2] = __float_as_uint(v.z);
-          wa[4 * s + 3] = __float_as_uint(v.w);
-        }
-        cur_cls = cur.cls;
-      }
-      const uint32_t lo0 = (((row_base + (uint32_t)((Pc & (kPairSlots - 1)) * kPairFloats * 4)) >> 4) & 0x3FFF) | desc_w0;
-      const uint32_t lo1 =
-          (((row_base + (uint32_t)(((Pc - 1) & (kPairSlots - 1)) * kPairFloats * 4)) >> 4) & 0x3FFF) | desc_w0;
+    // Item k - 1 done: LayerNorm partial statistics of this parity's 32 values of rows g and g+8
+    // (sum and sum of squared deviations from the partial mean; the epilogue merges the two
+    // parities, Chan), then the 64x32 half-tile into staging tile (k-1) % kStageTiles.
+    auto finish = [&](float(&acc)[16], int kk) {
 #pragma unroll
       for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
-      wgmma_fence();
-#pragma unroll
-      for (int s = 0; s < (kMma ? KS : 0); ++s) {
-        // k-step s = ((a*2 + b)*2 + c)*KC + ci8: channels 8 ci8 .. +7 of tap (a, b, c).
-        const int ci8 = s % KC, t3 = s / KC, c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
-        const int off = (a * kPlaneFloats * 4 + ci8 * 2 * (int)kLbo) / 16 - c;
-        const uint32_t lo = (b ? lo1 : lo0) + (uint32_t)off;
-        const uint64_t desc = ((uint64_t)desc_w1 << 32) | (uint64_t)lo;
-        if (s == 0)
-          wgmma_m64n32k8<0>(acc, wa[0], wa[1], wa[2], wa[3], desc);
-        else
-          wgmma_m64n32k8<1>(acc, wa[4 * s], wa[4 * s + 1], wa[4 * s + 2], wa[4 * s + 3], desc);
-      }
-      wgmma_commit();
-
-      if (r + 2 < it1) {  // gather item r + 2 while the tensor cores run
-        const bool cont = advance_item(g, pre);
-        Pp += cont ? 1 : 2;
-        if (kGather) load_item(pre, Pp, !cont);
-      }
-      cp_async_commit();
-
-      wgmma_wait<0>();
-#pragma unroll
-      for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
-      // LayerNorm partial statistics of this parity's 32 values of rows g and g+8: sum and sum of
-      // squared deviations from the partial mean; the epilogue merges the two parities (Chan).
       float sA = 0.f, sB = 0.f, dA = 0.f, dB = 0.f;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -562,9 +560,9 @@ __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params
       dB += __shfl_xor_sync(0xffffffffu, dB, 1);
       dA += __shfl_xor_sync(0xffffffffu, dA, 2);
       dB += __shfl_xor_sync(0xffffffffu, dB, 2);
-      wait_stage_empty(stage_bars, k);
+      wait_stage_empty(stage_bars, kk);
       {  // accumulator fragment: rows co = 16*wq + g (+8), cols u = 8j + 2t (+1)
-        float* st = stages + stage_tile(k) * kStageFloats;
+        float* st = stages + stage_tile(kk) * kStageFloats;
         const int co = 16 * (warp & 3) + (lane >> 2);
         const int u = 2 * (lane & 3);
 #pragma unroll
@@ -578,15 +576,89 @@ __global__ void __launch_bounds__(kThreads, 1) fused_conv_tc_kernel(const Params
           *reinterpret_cast<float2*>(st + (co + 8) * kStageLd + 64 + 2 * q) = make_float2(sB, dB);
         }
       }
-      signal_stage_full(stage_bars, k);
+      signal_stage_full(stage_bars, kk);
+    };
+
+    uint32_t wa[KS * 4];
+    float acc0[16], acc1[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) acc0[i] = acc1[i] = 0.f;
+    Item cur = decode_item(g, it0);
+    int Pc = 1;
+    // Item k: wait for its two pairs, issue its wgmmas into `acc`, issue the loads of item
+    // k + kAhead, then (has_prev) finish item k - 1 from `prev` once its wgmmas are done.
+    auto step = [&](float(&acc)[16], float(&prev)[16], int k, bool has_prev) {
+      mbar_wait(slab_bars + 8 * (Pc & (kPairSlots - 1)), (uint32_t)((Pc / kPairSlots) & 1));
+      mbar_wait(slab_bars + 8 * ((Pc - 1) & (kPairSlots - 1)), (uint32_t)(((Pc - 1) / kPairSlots) & 1));
+      bar_sync(kBarMma, 256);
+      const uint32_t lo0 = (((row_base + (uint32_t)((Pc & (kPairSlots - 1)) * kPairBytes)) >> 4) & 0x3FFF) | desc_w0;
+      const uint32_t lo1 =
+          (((row_base + (uint32_t)(((Pc - 1) & (kPairSlots - 1)) * kPairBytes)) >> 4) & 0x3FFF) | desc_w0;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < (kMma ? KS : 0); ++s) {
+        // k-step s = ((a*2 + b)*2 + c)*KC + ci8: channels 8 ci8 .. +7 of tap (a, b, c).
+        const int ci8 = s % KC, t3 = s / KC, c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
+        const int off = (int)(a * kPlaneBytes + ci8 * 2 * kLbo) / 16 - c;
+        const uint32_t lo = (b ? lo1 : lo0) + (uint32_t)off;
+        const uint64_t desc = ((uint64_t)desc_w1 << 32) | (uint64_t)lo;
+        if (s == 0)
+          wgmma_m64n32k8<0>(acc, wa[0], wa[1], wa[2], wa[3], desc);
+        else
+          wgmma_m64n32k8<1>(acc, wa[4 * s], wa[4 * s + 1], wa[4 * s + 2], wa[4 * s + 3], desc);
+      }
+      wgmma_commit();
+      if (producer && k + kAhead < n_items) {
+        const bool cont = advance_item(g, pre);
+        Pp += cont ? 1 : 2;
+        load_item(pre, Pp, !cont);
+      }
+      wgmma_wait<1>();
+      if (has_prev) finish(prev, k - 1);
       const bool cont = advance_item(g, cur);
       Pc += cont ? 1 : 2;
+    };
+
+    int k = 0;
+    while (k < n_items) {  // one segment of items per class: the weights change between segments
+      const int cls_end = cur.cls == 0 ? g.b1 : cur.cls == 1 ? g.b2 : cur.cls == 2 ? g.b3 : g.total;
+      const int k_end = min(it1, cls_end) - it0;
+      {
+        const float4* src = g_wprep + (size_t)(cur.cls * 2 + q) * CIN * 128 + wtid;
+#pragma unroll
+        for (int s = 0; s < KS; ++s) {
+          const float4 v = src[s * 128];
+          wa[4 * s + 0] = __float_as_uint(v.x);
+          wa[4 * s + 1] = __float_as_uint(v.y);
+          wa[4 * s + 2] = __float_as_uint(v.z);
+          wa[4 * s + 3] = __float_as_uint(v.w);
+        }
+      }
+      // Four items per iteration, alternating the accumulator sets, so that each row's wgmmas
+      // are issued before the previous row is finished. The loop's back edge comes after a full
+      // wait: with wgmmas in flight across it, ptxas serializes every wgmma (C7514), so one row
+      // in four is finished with the tensor pipe idle.
+      for (; k + 4 <= k_end; k += 4) {
+        step(acc0, acc1, k, false);
+        step(acc1, acc0, k + 1, true);
+        step(acc0, acc1, k + 2, true);
+        step(acc1, acc0, k + 3, true);
+        wgmma_wait<0>();
+        finish(acc1, k + 3);
+      }
+      for (; k < k_end; ++k) {  // the segment's last 0-3 items, one at a time
+        step(acc0, acc1, k, false);
+        wgmma_wait<0>();
+        finish(acc0, k);
+      }
     }
-    cp_async_wait<0>();
   } else {
     // ======================================================== epilogue warpgroups
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kEpiRegs));
-    fused_conv_epilogue<TANH, MODE, kEpi>(p, stages, kStageFloats, stage_bars, it0, it1, warp - 8, lane);
+    fused_conv_epilogue<TANH, MODE, kEpi, TMA_STORE>(p, &ymap, stages, kStageFloats, outs, stage_bars, it0, it1, warp - 8, lane,
+                                          tid - 256);
   }
 }
 
@@ -694,26 +766,66 @@ inline int device_sm_count() {
   return n > 0 ? n : 1;
 }
 
-template <int CIN, bool TANH, int MODE = 0>
+// Scratch bytes the TF32 kernel needs for the re-laid-out input: N*D*H planes plus a zero plane.
+inline size_t workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H) {
+  return (size_t)(N * D * H + 1) * plane_bytes((int)Cin);
+}
+
+// The TMA descriptor of y for the epilogue's tile stores: y as the 4-D tensor
+// [n*64 + co][od][oh][ow] and a box of 64 ow x 1 x 1 x 64 co (one output row of every channel).
+inline CUtensorMap make_y_tensor_map(const Params& p) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (!encode)
+    throw std::runtime_error(
+        "fused_conv_transpose3d_ln_gelu_scale: the CUDA driver has no cuTensorMapEncodeTiled (needs CUDA 12+)");
+  const Geometry& g = p.g;
+  const cuuint64_t row = 64 * sizeof(float);
+  const cuuint64_t dims[4] = {64, (cuuint64_t)g.Hout, (cuuint64_t)g.Dout, (cuuint64_t)g.N * 64};
+  const cuuint64_t strides[3] = {row, row * g.Hout, row * g.Hout * g.Dout};
+  const cuuint32_t box[4] = {64, 1, 1, 64};
+  const cuuint32_t estrides[4] = {1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.y, dims, strides, box, estrides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                            CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error("fused_conv_transpose3d_ln_gelu_scale: cuTensorMapEncodeTiled failed for output 'y' (error " +
+                             std::to_string((int)r) + ")");
+  return map;
+}
+
+template <int CIN>
+constexpr size_t tc_smem_bytes() {
+  return (size_t)kOutTiles * 64 * 64 * sizeof(float) + (size_t)kStageTiles * 64 * kStageLd * sizeof(float) +
+         (size_t)kPairSlots * 2 * plane_bytes(CIN) + kBarBytes;
+}
+
+// Input re-layout + weight re-layout + the fused kernel. p.xt must point to workspace_bytes().
+template <int CIN, bool TANH, int MODE = 0, bool TMA_STORE = true>
 void launch_tc(const Params& p, const float* w, cudaStream_t stream) {
-  constexpr size_t smem =
-      ((size_t)kPairSlots * 2 * CIN * kPlaneRows + kStageTiles * 64 * kStageLd) * sizeof(float) + kStageBarBytes;
+  constexpr size_t smem = tc_smem_bytes<CIN>();
+  static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
   static const bool configured = [] {
-    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         (int)smem);
-    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, TMA_STORE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          (int)smem);
     return true;
   }();
   (void)configured;
+  const Geometry& g = p.g;
+  relayout_input_kernel<CIN><<<(unsigned)((int64_t)g.N * g.D + 1), 256, 0, stream>>>(p.x, reinterpret_cast<float4*>(p.xt), g);
   const int prep_n = 8 * CIN * 128 * 4;
   prep_weights_kernel<CIN><<<(prep_n + 255) / 256, 256, 0, stream>>>(w, p.g.pw, p.variant);
+  const CUtensorMap ymap = make_y_tensor_map(p);
   const int sms = device_sm_count();
-  const int grid = p.g.total < sms ? p.g.total : sms;
-  if (p.g.W == 32 && p.g.pw == 1)
-    fused_conv_tc_kernel<CIN, TANH, MODE, true><<<grid, kThreads, smem, stream>>>(p);
-  else
-    fused_conv_tc_kernel<CIN, TANH, MODE, false><<<grid, kThreads, smem, stream>>>(p);
+  const int grid = g.total < sms ? g.total : sms;
+  fused_conv_tc_kernel<CIN, TANH, MODE, TMA_STORE><<<grid, kThreads, smem, stream>>>(p, ymap);
 }
 
 template <bool TANH>
@@ -774,13 +886,14 @@ inline Params make_params(const float* x, const float* conv_bias, const float* g
 }
 
 // The launcher behind launch_fused_conv_transpose3d_ln_gelu_scale; `variant` exists for the
-// standalone check's layout probe only.
+// standalone check's layout probe only. `workspace` (workspace_bytes(), 16-byte aligned) is used
+// by the TF32 kernel only; the precise kernel ignores it.
 inline void launch(const float* x, const float* w, const float* conv_bias, const float* gamma, const float* beta,
                    float* y, float* mean, float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W,
                    int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
-                   float eps, bool tanh_gelu, float factor, bool precise, cudaStream_t stream,
-                   int variant = kDefaultVariant) {
-  const Params p = make_params(x, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
+                   float eps, bool tanh_gelu, float factor, bool precise, void* workspace,
+                   cudaStream_t stream, int variant = kDefaultVariant) {
+  Params p = make_params(x, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
                                out_pad_d, out_pad_h, out_pad_w, eps, factor, variant);
   const Geometry& g = p.g;
   if (g.total == 0) return;
@@ -792,6 +905,10 @@ inline void launch(const float* x, const float* w, const float* conv_bias, const
       fused_conv_fp32_kernel<false><<<g.total, 64, smem, stream>>>(p, w);
     return;
   }
+  if (workspace == nullptr)
+    throw std::invalid_argument("fused_conv_transpose3d_ln_gelu_scale: the TF32 kernel needs a workspace of " +
+                                std::to_string(workspace_bytes(N, Cin, D, H)) + " bytes");
+  p.xt = static_cast<float*>(workspace);
   if (tanh_gelu)
     launch_tc_cin<true>(p, w, stream);
   else

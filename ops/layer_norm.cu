@@ -84,36 +84,14 @@ using ptx::mbar_init;
 using ptx::mbar_init_fence;
 using ptx::mbar_wait;
 using ptx::smem_u32;
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_u32(dst)),
-               "l"(src), "r"(bytes), "r"(smem_u32(bar))
-               : "memory");
-}
-
-// Bulk copies out of shared memory (y / dx tiles written in place into their stage). The writing
-// threads fence their generic-proxy stores towards the async proxy, then a block barrier; one
-// thread issues the copy and commits it as a bulk group; the stage may only be refilled once the
-// group has been read out of shared memory (wait_group.read).
-__device__ __forceinline__ void bulk_store(void* dst, const void* src, uint32_t bytes, uint64_t policy) {
-  asm volatile("cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;" ::"l"(dst),
-               "r"(smem_u32(src)), "r"(bytes), "l"(policy)
-               : "memory");
-}
-__device__ __forceinline__ uint64_t policy_evict_first() {
-  uint64_t p;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
-  return p;
-}
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void bulk_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
-}
-template <int N>
-__device__ __forceinline__ void bulk_wait_all() {
-  asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
-}
+using ptx::bulk_commit;
+using ptx::bulk_load;
+using ptx::bulk_store;
+using ptx::bulk_wait_all;
+using ptx::bulk_wait_read;
+using ptx::policy_evict_first;
+// Bulk copies out of shared memory (y / dx tiles written in place into their stage): see
+// core/smem_sync.cuh for the fence / barrier / wait_group.read protocol.
 // Thread 0, after committing tile t's store from stage s: once the previous tile's store has read
 // its stage out of shared memory, refill that stage with the tile kS - 1 tiles ahead.
 template <int kS, class Issue>

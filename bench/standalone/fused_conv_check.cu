@@ -217,10 +217,25 @@ void free_buffers(Buffers& B) {
   for (float* p : {B.x, B.w, B.b, B.gam, B.bet, B.y, B.mean, B.rstd}) CK(cudaFree(p));
 }
 
+// Workspace of the TF32 kernel (re-laid-out input), grown as needed.
+void* g_ws = nullptr;
+size_t g_ws_bytes = 0;
+void* workspace_for(const Case& c) {
+  const size_t need = minidl::fused_conv_detail::workspace_bytes(c.N, c.Cin, c.D, c.H);
+  if (need > g_ws_bytes) {
+    CK(cudaDeviceSynchronize());
+    if (g_ws) CK(cudaFree(g_ws));
+    CK(cudaMalloc(&g_ws, need));
+    g_ws_bytes = need;
+  }
+  return g_ws;
+}
+
 void run_kernel(const Case& c, const Buffers& B, bool precise, int variant) {
+  void* ws = workspace_for(c);
   minidl::fused_conv_detail::launch(B.x, B.w, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin,
                                     c.D, c.H, c.W, 64, c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.tanh_mode,
-                                    c.factor, precise, 0, variant);
+                                    c.factor, precise, ws, 0, variant);
   CK(cudaGetLastError());
 }
 
@@ -373,13 +388,14 @@ void bench_case(const Case& c, int variant, bool precise_too) {
 }
 
 // Where the time goes: the flagship with one part of the kernel switched off at a time.
-template <int MODE>
+template <int MODE, bool TMA_STORE = true>
 void time_mode(const Case& c, const Buffers& B, const float* w, int variant, const char* what) {
   namespace fc = minidl::fused_conv_detail;
-  const fc::Params p = fc::make_params(B.x, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin,
+  fc::Params p = fc::make_params(B.x, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin,
                                        c.D, c.H, c.W, 64, c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor,
                                        variant);
-  Timing t = time_it([&] { fc::launch_tc<32, false, MODE>(p, w, 0); CK(cudaGetLastError()); });
+  p.xt = static_cast<float*>(workspace_for(c));
+  Timing t = time_it([&] { fc::launch_tc<32, false, MODE, TMA_STORE>(p, w, 0); CK(cudaGetLastError()); });
   const double gflop = 2.0 * B.ny * c.Cin * 8 / 1e9;
   const double gbytes = (B.ny * 4.0 + B.nx * 4.0 + 2.0 * B.rows * 4) / 1e9;
   g_rows.push_back({std::string("  part: ") + what, t, gflop, gbytes});
@@ -387,12 +403,26 @@ void time_mode(const Case& c, const Buffers& B, const float* w, int variant, con
 void profile_parts(const Case& c, int variant) {
   Buffers B = make_buffers(c);
   time_mode<0>(c, B, B.w, variant, "full kernel");
+  time_mode<0, false>(c, B, B.w, variant, "full, st.global stores");
+  time_mode<5, false>(c, B, B.w, variant, "epilogue only, st.global");
+  {
+    namespace fc = minidl::fused_conv_detail;
+    const fc::Params p = fc::make_params(B.x, B.b, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin, c.D, c.H, c.W, 64,
+                                         c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor, variant);
+    float4* xt = static_cast<float4*>(workspace_for(c));
+    Timing t = time_it([&] {
+      fc::relayout_input_kernel<32><<<(unsigned)(c.N * c.D + 1), 256>>>(B.x, xt, p.g);
+      CK(cudaGetLastError());
+    });
+    const double gbytes = (B.nx * 4.0 + fc::workspace_bytes(c.N, c.Cin, c.D, c.H)) / 1e9;
+    g_rows.push_back({"  part: input re-layout alone", t, 0.0, gbytes});
+  }
   time_mode<1>(c, B, B.w, variant, "no wgmma");
   time_mode<2>(c, B, B.w, variant, "no LN/GELU math");
-  time_mode<3>(c, B, B.w, variant, "no input gather");
+  time_mode<3>(c, B, B.w, variant, "no input loads");
   time_mode<4>(c, B, B.w, variant, "wgmma only");
   time_mode<5>(c, B, B.w, variant, "epilogue only");
-  time_mode<6>(c, B, B.w, variant, "gather only");
+  time_mode<6>(c, B, B.w, variant, "input loads only");
   free_buffers(B);
 }
 
@@ -416,7 +446,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (small) {
-    // W = 33 (generic gather) and W = 32 (fast gather); 3-4 rows per block, so the staging tiles
+    // W = 33 (pad_w = 2) and W = 32; 3-4 rows per block, so the staging tiles, output tiles
     // and slab slots are reused
     const Case c2 = {"small N2 D6 H8 W33", 2, 32, 6, 8, 33, 1, 1, 2, 0, 0, 0, true, false, 0.7f};
     correctness_case(c2, minidl::fused_conv_detail::kDefaultVariant);
