@@ -18,14 +18,14 @@
 //    [ci/4][rho][ci%4] with rho = iw - iw_min over 34 rows (zeros outside [0, W)), TF32-rounded.
 //    That is exactly the K-major, no-swizzle layout wgmma wants (a core matrix = 8 u-rows x 4
 //    channels = 128 contiguous bytes; the next 4 channels are LBO on), so one plane is one
-//    contiguous 4352-byte bulk copy (cp.async.bulk, completing on an mbarrier), issued by a single
-//    thread, and the shift by tap c or parity q is a 16-byte offset of the descriptor's start
+//    contiguous 4352-byte bulk copy (cp.async.bulk, completing on an mbarrier), issued by one
+//    lane, and the shift by tap c or parity q is a 16-byte offset of the descriptor's start
 //    address: an implicit im2col with no copies. A zero plane at the end stands in for every
 //    out-of-range (id, ih).
 //  * Warp specialization. Warpgroups 0 and 1 (q = 0, 1) keep the A fragments of their parity for
 //    all of K (128 registers) and run the tensor cores with two accumulator sets: row r's wgmmas
 //    are issued before row r-1's results are reduced and staged, so the tensor pipe is fed across
-//    rows. Thread 0 also issues the bulk copies kAhead rows ahead. Warpgroups 2 and 3 run
+//    rows. Warp 0 also issues the bulk copies kAhead rows ahead. Warpgroups 2 and 3 run
 //    LayerNorm / GELU / scale, write the finished 64 x 64 tile to shared memory and one thread
 //    stores it with a single TMA tensor store (4-D box: 64 ow x 64 co). setmaxnreg splits the
 //    register file 192 / 64. The roles meet in a double-buffered staging tile handed over with
@@ -55,8 +55,14 @@ namespace minidl {
 namespace fused_conv_detail {
 
 constexpr int kThreads = 512;   // warpgroups 0, 1: tensor cores (q = ow parity); 2, 3: epilogue
-constexpr int kMmaRegs = 192;   // setmaxnreg: 128 weight registers + 2 x 16 accumulators + addressing
-constexpr int kEpiRegs = 64;    // 2 * 192 + 2 * 64 = 4 * 128, the whole register file
+// setmaxnreg split of the register file (2 * mma + 2 * epi = 4 * 128): the MMA warps hold 128
+// weight registers, 16 accumulators per set and addressing.
+constexpr int kMmaRegsDb = 192, kEpiRegsDb = 64;  // two accumulator sets
+constexpr int kMmaRegs1 = 176, kEpiRegs1 = 80;    // one accumulator set
+// Build options of the TF32 kernel (template parameter OPT, bit mask; 0 = the default build). They
+// exist to measure the alternatives in the same run (bench/standalone/fused_conv_check.cu).
+constexpr int kOptDirectStores = 1;  // epilogue stores y with st.global.cs instead of TMA tile stores
+constexpr int kOptOneAccSet = 2;     // one accumulator set: each row's wgmmas complete before it is staged
 constexpr int kPlaneRows = 34;  // input plane rows per channel group: rho = iw - iw_min, 32 u + 2 taps
 constexpr int kPairSlots = 16;  // ring of input plane pairs
 constexpr int kAhead = 4;       // rows whose inputs are loaded ahead of the row being computed
@@ -243,11 +249,11 @@ __device__ __forceinline__ float rcp_approx(float v) {
   return r;
 }
 
-// factor * gelu(x), exact-erf GELU through Abramowitz & Stegun 7.1.26: with a = |x|,
+// gelu(x), exact-erf GELU through Abramowitz & Stegun 7.1.26: with a = |x|,
 // Q(a) = erfc(a/sqrt2)/2 = t P(t) exp(-a^2/2), t = 1/(1 + 0.3275911 a/sqrt2) (|erf error| <= 1.5e-7),
-// and gelu(x) = max(x, 0) - a Q(a) for either sign. Branch-free, 2 MUFU ops and 13 others;
+// and gelu(x) = max(x, 0) - a Q(a) for either sign. Branch-free, 2 MUFU ops and 12 others;
 // in float32 over [-8, 8] |gelu error| <= 3.4e-7 (TF32 leaves ~1e-3 relative error in y).
-__device__ __forceinline__ float gelu_erf_fast(float x, float factor) {
+__device__ __forceinline__ float gelu_erf_fast(float x) {
   const float ax = fabsf(x);
   const float t = rcp_approx(fmaf(0.3275911f * 0.7071067811865476f, ax, 1.0f));
   float P = fmaf(t, 0.5f * 1.061405429f, 0.5f * -1.453152027f);  // 0.5 folded into P
@@ -255,12 +261,11 @@ __device__ __forceinline__ float gelu_erf_fast(float x, float factor) {
   P = fmaf(t, P, 0.5f * -0.284496736f);
   P = fmaf(t, P, 0.5f * 0.254829592f);
   const float q = (t * P) * ex2_approx((x * x) * (-0.5f * 1.4426950408889634f));
-  return (fmaxf(x, 0.f) - ax * q) * factor;
+  return fmaxf(x, 0.f) - ax * q;
 }
 template <bool TANH>
-__device__ __forceinline__ float gelu_scaled(float u, float factor) {
-  if (TANH) return gelu_f<true>(u) * factor;
-  return gelu_erf_fast(u, factor);
+__device__ __forceinline__ float gelu_unscaled(float u) {
+  return TANH ? gelu_f<true>(u) : gelu_erf_fast(u);
 }
 
 
@@ -284,6 +289,7 @@ __global__ void relayout_input_kernel(const float* __restrict__ x, float4* __res
   const int64_t chan = (int64_t)g.D * g.H * g.W;
   const float* xs = x + ((int64_t)n * CIN * g.D + id) * g.H * g.W;
   float4* dst = xt + nd * g.H * kPlaneF4;
+#pragma unroll 4
   for (int i = threadIdx.x; i < g.H * kPlaneF4; i += blockDim.x) {
     const int ih = i / kPlaneF4, e = i - ih * kPlaneF4;
     const int ci4 = e / kPlaneRows, iw = iw_min + (e - ci4 * kPlaneRows);
@@ -356,6 +362,7 @@ __device__ __forceinline__ void fused_conv_epilogue(const Params& p, const void*
   bias_r[1] = p.bias ? p.bias[co_r0 + 4] : 0.f;
   const int64_t plane = (int64_t)g.Dout * g.Hout;
   const uint64_t policy = policy_evict_first();
+  const bool scaled = p.factor != 1.f;  // one multiply per element saved for the default factor
   const int n_items = it1 - it0;
   Item cur = decode_item(g, it0);
   for (int k = 0; k < n_items; ++k) {
@@ -390,8 +397,13 @@ __device__ __forceinline__ void fused_conv_epilogue(const Params& p, const void*
           const float dS = stt[i].x - stt[i].z;
           const float m2 = fmaf(dS * dS, 1.f / 64.f, stt[i].y + stt[i].w);
           const float rs = rsqrtf(m2 * (1.f / 64.f) + p.eps);
+          const float nmrs = -mu * rs;  // (v - mu) * rs as one FMA
 #pragma unroll
-          for (int j = 0; j < 8; ++j) o[j] = gelu_scaled<TANH>(fmaf((v[i][j] - mu) * rs, gam[j], bet[j]), p.factor);
+          for (int j = 0; j < 8; ++j) o[j] = gelu_unscaled<TANH>(fmaf(fmaf(v[i][j], rs, nmrs), gam[j], bet[j]));
+          if (scaled) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) o[j] *= p.factor;
+          }
           if (l8 == 0) {
             const int64_t row = row0 + 4 * i * plane;
             p.mean[row] = mu + bias_r[i];  // the bias shifts z, so it shifts the mean and nothing else
@@ -430,7 +442,7 @@ __device__ __forceinline__ void fused_conv_epilogue(const Params& p, const void*
 // scale / stores. The two roles meet in a double-buffered staging tile, handed over with
 // mbarriers, so one item's epilogue overlaps the next items' matrix work.
 //   MMA, item k: slab pairs of k landed (mbarrier) -> barrier of both MMA warpgroups -> issue 32
-//   async wgmmas into accumulator set k&1 -> thread 0: bulk copies of item k + kAhead -> wait for
+//   async wgmmas into accumulator set k&1 -> warp 0: bulk copies of item k + kAhead -> wait for
 //   item k-1's wgmmas -> item k-1: LN partial statistics, (staging tile free) -> write its 64x32
 //   half of the tile -> signal full.
 //   Epilogue, item k: wait full -> read the 64x64 tile -> signal empty -> LN/GELU into the output
@@ -445,13 +457,16 @@ __device__ __forceinline__ void fused_conv_epilogue(const Params& p, const void*
 // (static_assert on kPairSlots).
 // MODE (profiling only, bench/standalone): 0 = the kernel; 1 = no wgmma; 2 = no epilogue math
 // (staged values stored as they are); 3 = no input loads; 4 = wgmma only; 5 = epilogue only;
-// 6 = input loads only.
-template <int CIN, bool TANH, int MODE = 0, bool TMA_STORE = true>
+// 6 = input loads only; 7 = epilogue only, without the MMA warps' statistics and staging writes.
+template <int CIN, bool TANH, int MODE = 0, int OPT = 0>
 __global__ void __launch_bounds__(kThreads, 1)
     fused_conv_tc_kernel(const Params p, const __grid_constant__ CUtensorMap ymap) {
-  constexpr bool kMma = MODE != 1 && MODE != 5 && MODE != 6;
-  constexpr bool kLoad = MODE != 3 && MODE != 4 && MODE != 5;
+  constexpr bool kMma = MODE != 1 && MODE != 5 && MODE != 6 && MODE != 7;
+  constexpr bool kLoad = MODE != 3 && MODE != 4 && MODE != 5 && MODE != 7;
   constexpr bool kEpi = MODE != 4 && MODE != 6;
+  constexpr bool kStats = MODE != 7;  // the MMA warps' statistics and staging writes
+  constexpr bool kTmaStore = (OPT & kOptDirectStores) == 0;
+  constexpr bool kDbAcc = (OPT & kOptOneAccSet) == 0;
   constexpr uint32_t kPlaneBytes = plane_bytes(CIN);
   constexpr uint32_t kPairBytes = 2 * kPlaneBytes;
   constexpr int kStageFloats = 64 * kStageLd;  // [co][q][u] + pad
@@ -478,33 +493,34 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (wg < 2) {
     // ======================================================== MMA warpgroups
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kMmaRegs));
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kDbAcc ? kMmaRegsDb : kMmaRegs1));
     // The warpgroup index through a shuffle from lane 0: the compiler then knows it is the same
     // in the whole warp and keeps what derives from it (the wgmma descriptors) in uniform
     // registers; from threadIdx.x directly every wgmma waited for two R2UR moves (NOTES.md).
     const int q = __shfl_sync(0xffffffffu, wg, 0), wtid = tid & 127;
     const uint32_t slab_s = smem_u32(slabs);
-    const bool producer = tid == 0;
+    // Warp 0 runs the load schedule (every lane the same, so the copy operands stay in uniform
+    // registers) and its lane 0 issues the copies.
+    const bool producer = __shfl_sync(0xffffffffu, warp, 0) == 0;
 
-    // ---- loads (thread 0 only): pair P of item `it` for input row ih, into slot P % kPairSlots
+    // ---- loads (warp 0 only): pair P of item `it` for input row ih, into slot P % kPairSlots
     const char* const xt = reinterpret_cast<const char*>(p.xt);
     const int64_t zero_plane = (int64_t)g.N * g.D * g.H;
     auto load_pair = [&](const Item& it, int ih, int P) {
       const int slot = P & (kPairSlots - 1);
       const uint32_t bar = slab_bars + 8 * slot;
+      const int id0 = (it.od + g.pd) >> 1;
+      const bool ihok = ih >= 0 && ih < g.H;
+      const int64_t pl0 = ihok && id0 >= 0 && id0 < g.D ? ((int64_t)it.n * g.D + id0) * g.H + ih : zero_plane;
+      const int64_t pl1 = ihok && id0 >= 1 && id0 <= g.D ? ((int64_t)it.n * g.D + id0 - 1) * g.H + ih : zero_plane;
+      if (lane != 0) return;
       if (!kLoad) {
         mbar_arrive(bar);
         return;
       }
       mbar_arrive_expect(bar, kPairBytes);
-      const int id0 = (it.od + g.pd) >> 1;
-      const bool ihok = ih >= 0 && ih < g.H;
-#pragma unroll
-      for (int a = 0; a < 2; ++a) {
-        const int id = id0 - a;
-        const int64_t pl = ihok && id >= 0 && id < g.D ? ((int64_t)it.n * g.D + id) * g.H + ih : zero_plane;
-        bulk_load(slab_s + slot * kPairBytes + a * kPlaneBytes, xt + pl * kPlaneBytes, kPlaneBytes, bar);
-      }
+      bulk_load(slab_s + slot * kPairBytes, xt + pl0 * kPlaneBytes, kPlaneBytes, bar);  // a = 0: id0
+      bulk_load(slab_s + slot * kPairBytes + kPlaneBytes, xt + pl1 * kPlaneBytes, kPlaneBytes, bar);  // a = 1
     };
     // Item with pair counter P: loads its b = 0 pair (ih0); a restart also loads ih0 - 1.
     auto load_item = [&](const Item& it, int P, bool restart) {
@@ -512,7 +528,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       load_pair(it, ih0, P);
       if (restart) load_pair(it, ih0 - 1, P - 1);
     };
-    Item pre = decode_item(g, it0);  // next item to load (thread 0)
+    Item pre = decode_item(g, it0);  // next item to load (warp 0)
     int Pp = 1;
     if (producer) {
       load_item(pre, Pp, true);
@@ -536,6 +552,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto finish = [&](float(&acc)[16], int kk) {
 #pragma unroll
       for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
+      if (!kStats) {
+        wait_stage_empty(stage_bars, kk);
+        signal_stage_full(stage_bars, kk);
+        return;
+      }
       float sA = 0.f, sB = 0.f, dA = 0.f, dB = 0.f;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -640,7 +661,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // are issued before the previous row is finished. The loop's back edge comes after a full
       // wait: with wgmmas in flight across it, ptxas serializes every wgmma (C7514), so one row
       // in four is finished with the tensor pipe idle.
-      for (; k + 4 <= k_end; k += 4) {
+      for (; kDbAcc && k + 4 <= k_end; k += 4) {
         step(acc0, acc1, k, false);
         step(acc1, acc0, k + 1, true);
         step(acc0, acc1, k + 2, true);
@@ -656,8 +677,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     // ======================================================== epilogue warpgroups
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kEpiRegs));
-    fused_conv_epilogue<TANH, MODE, kEpi, TMA_STORE>(p, &ymap, stages, kStageFloats, outs, stage_bars, it0, it1, warp - 8, lane,
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kDbAcc ? kEpiRegsDb : kEpiRegs1));
+    fused_conv_epilogue<TANH, MODE, kEpi, kTmaStore>(p, &ymap, stages, kStageFloats, outs, stage_bars, it0, it1, warp - 8, lane,
                                           tid - 256);
   }
 }
@@ -808,12 +829,12 @@ constexpr size_t tc_smem_bytes() {
 }
 
 // Input re-layout + weight re-layout + the fused kernel. p.xt must point to workspace_bytes().
-template <int CIN, bool TANH, int MODE = 0, bool TMA_STORE = true>
+template <int CIN, bool TANH, int MODE = 0, int OPT = 0>
 void launch_tc(const Params& p, const float* w, cudaStream_t stream) {
   constexpr size_t smem = tc_smem_bytes<CIN>();
   static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
   static const bool configured = [] {
-    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, TMA_STORE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, OPT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          (int)smem);
     return true;
   }();
@@ -825,7 +846,7 @@ void launch_tc(const Params& p, const float* w, cudaStream_t stream) {
   const CUtensorMap ymap = make_y_tensor_map(p);
   const int sms = device_sm_count();
   const int grid = g.total < sms ? g.total : sms;
-  fused_conv_tc_kernel<CIN, TANH, MODE, TMA_STORE><<<grid, kThreads, smem, stream>>>(p, ymap);
+  fused_conv_tc_kernel<CIN, TANH, MODE, OPT><<<grid, kThreads, smem, stream>>>(p, ymap);
 }
 
 template <bool TANH>

@@ -1,3 +1,5 @@
+// v5u (kept until v7): v5 with the warpgroup index taken through a shuffle (uniform wgmma
+// descriptors); 4-byte cp.async gather in the MMA warps. Snapshot of the whole header at the time.
 // Kernels behind fused_conv_transpose3d_ln_gelu_scale: ConvTranspose3d (stride 2, kernel 4,
 // Cout 64) -> + bias -> LayerNorm over the last dim (W_out = 64) -> GELU -> * factor, in one pass
 // that writes y once plus the per-row mean and rstd. Included by

@@ -387,24 +387,48 @@ void bench_case(const Case& c, int variant, bool precise_too) {
   free_buffers(B);
 }
 
+// Write-bandwidth reference: every output row (n, co, od, oh) written with 16-byte streaming stores
+// by 132 persistent blocks walking the items in the fused kernel's order (64 rows of 256 bytes,
+// 512 KB apart, per item), with nothing else to do.
+__global__ void store_pattern_kernel(minidl::fused_conv_detail::Geometry g, float* y) {
+  namespace fc = minidl::fused_conv_detail;
+  const int it0 = (int)((int64_t)blockIdx.x * g.total / gridDim.x);
+  const int it1 = (int)((int64_t)(blockIdx.x + 1) * g.total / gridDim.x);
+  if (it0 >= it1) return;
+  fc::Item cur = fc::decode_item(g, it0);
+  const int64_t plane = (int64_t)g.Dout * g.Hout;
+  for (int k = it0; k < it1; ++k) {
+    const int64_t row0 = ((int64_t)cur.n * 64 * g.Dout + cur.od) * g.Hout + cur.oh;
+    for (int e = threadIdx.x; e < 64 * 16; e += blockDim.x) {
+      const int co = e >> 4, c4 = e & 15;
+      __stcs(reinterpret_cast<float4*>(y + (row0 + co * plane) * 64) + c4, make_float4(1.f, 2.f, 3.f, 4.f));
+    }
+    fc::advance_item(g, cur);
+  }
+}
+
 // Where the time goes: the flagship with one part of the kernel switched off at a time.
-template <int MODE, bool TMA_STORE = true>
+template <int MODE, int OPT = 0>
 void time_mode(const Case& c, const Buffers& B, const float* w, int variant, const char* what) {
   namespace fc = minidl::fused_conv_detail;
   fc::Params p = fc::make_params(B.x, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin,
                                        c.D, c.H, c.W, 64, c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor,
                                        variant);
   p.xt = static_cast<float*>(workspace_for(c));
-  Timing t = time_it([&] { fc::launch_tc<32, false, MODE, TMA_STORE>(p, w, 0); CK(cudaGetLastError()); });
+  Timing t = time_it([&] { fc::launch_tc<32, false, MODE, OPT>(p, w, 0); CK(cudaGetLastError()); });
   const double gflop = 2.0 * B.ny * c.Cin * 8 / 1e9;
   const double gbytes = (B.ny * 4.0 + B.nx * 4.0 + 2.0 * B.rows * 4) / 1e9;
   g_rows.push_back({std::string("  part: ") + what, t, gflop, gbytes});
 }
 void profile_parts(const Case& c, int variant) {
+  namespace fc = minidl::fused_conv_detail;
   Buffers B = make_buffers(c);
   time_mode<0>(c, B, B.w, variant, "full kernel");
-  time_mode<0, false>(c, B, B.w, variant, "full, st.global stores");
-  time_mode<5, false>(c, B, B.w, variant, "epilogue only, st.global");
+  time_mode<0, fc::kOptDirectStores>(c, B, B.w, variant, "full, st.global stores");
+  time_mode<0, fc::kOptOneAccSet>(c, B, B.w, variant, "full, one acc set");
+  time_mode<0, fc::kOptOneAccSet | fc::kOptDirectStores>(c, B, B.w, variant, "full, one acc, st.global");
+  time_mode<5, fc::kOptOneAccSet>(c, B, B.w, variant, "epilogue only, one acc");
+  time_mode<4, fc::kOptOneAccSet>(c, B, B.w, variant, "wgmma only, one acc");
   {
     namespace fc = minidl::fused_conv_detail;
     const fc::Params p = fc::make_params(B.x, B.b, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin, c.D, c.H, c.W, 64,
@@ -423,6 +447,18 @@ void profile_parts(const Case& c, int variant) {
   time_mode<4>(c, B, B.w, variant, "wgmma only");
   time_mode<5>(c, B, B.w, variant, "epilogue only");
   time_mode<6>(c, B, B.w, variant, "input loads only");
+  time_mode<7>(c, B, B.w, variant, "epilogue alone (no staging)");
+  {
+    const fc::Params p = fc::make_params(B.x, B.b, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin, c.D, c.H, c.W, 64,
+                                         c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor, variant);
+    Timing t = time_it([&] {
+      store_pattern_kernel<<<132, 512>>>(p.g, B.y);
+      CK(cudaGetLastError());
+    });
+    g_rows.push_back({"  ref: y stores alone (same order)", t, 0.0, B.ny * 4.0 / 1e9});
+    Timing t2 = time_it([&] { CK(cudaMemsetAsync(B.y, 0, B.ny * 4)); });
+    g_rows.push_back({"  ref: cudaMemset of y", t2, 0.0, B.ny * 4.0 / 1e9});
+  }
   free_buffers(B);
 }
 
