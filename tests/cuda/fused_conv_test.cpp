@@ -14,15 +14,17 @@ namespace {
 
 const char* kOp = "fused_conv_transpose3d_ln_gelu_scale";
 
-Attrs fused_conv_attrs(bool precise, const char* approx = "none", double factor = 1.0) {
-  return {{"stride", AttrValue::IntList({2, 2, 2})}, {"padding", AttrValue::IntList({1, 1, 1})},
-          {"approximate", AttrValue::Str(approx)},   {"factor", AttrValue::Float(factor)},
-          {"precise", AttrValue::Bool(precise)}};
+Attrs fused_conv_attrs(bool precise, const char* approx = "none", double factor = 1.0,
+                       std::vector<int64_t> padding = {1, 1, 1}, std::vector<int64_t> out_pad = {0, 0, 0}) {
+  return {{"stride", AttrValue::IntList({2, 2, 2})},   {"padding", AttrValue::IntList(padding)},
+          {"output_padding", AttrValue::IntList(out_pad)}, {"approximate", AttrValue::Str(approx)},
+          {"factor", AttrValue::Float(factor)},          {"precise", AttrValue::Bool(precise)}};
 }
 
+// The normalized size is W_out, 64 for every case here.
 NodeBuilder fused_conv_node(const Shape& x, int64_t cout, bool bias, const Attrs& attrs) {
   return [=](Graph& g, DType t) {
-    const int64_t W = 2 * x[4];
+    const int64_t W = 64;
     return g.add_node(kOp,
                       {g.add_input("x", x, t), g.add_input("w", {x[1], cout, 4, 4, 4}, t),
                        bias ? g.add_input("cb", {cout}, t) : nullptr, g.add_input("g", {W}, t),
@@ -32,7 +34,7 @@ NodeBuilder fused_conv_node(const Shape& x, int64_t cout, bool bias, const Attrs
 }
 
 std::vector<Tensor> fused_conv_inputs(const Shape& x, int64_t cout, bool bias, uint64_t seed) {
-  const int64_t W = 2 * x[4];
+  const int64_t W = 64;
   const double bound = 1.0 / std::sqrt(static_cast<double>(cout * 64));
   return {Tensor::uniform(x, 0, 1, seed, DType::F32),  // like torch.rand
           rand_f32({x[1], cout, 4, 4, 4}, seed + 1, -bound, bound),
@@ -65,6 +67,28 @@ TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
                  fused_conv_inputs(c.x, 64, c.bias, seed), {tol});
         seed += 10;
       }
+  }
+
+  TEST_CASE("other paddings and output paddings (W_in 31, 33, 34) match the CPU") {
+    if (!minidl_test::require_gpu()) return;
+    // W_out = 2 (W_in - 1) - 2 pad_w + 4 + out_pad_w = 64 in each case; the input re-layout pads
+    // W differently for each pad_w.
+    struct C {
+      Shape x;
+      std::vector<int64_t> pad, out_pad;
+    };
+    const std::vector<C> cases = {{{2, 32, 4, 6, 33}, {0, 3, 2}, {1, 1, 0}},
+                                  {{1, 24, 3, 3, 34}, {1, 1, 3}, {0, 0, 0}},
+                                  {{2, 32, 3, 4, 31}, {2, 0, 0}, {1, 0, 0}}};
+    uint64_t seed = 550;
+    for (const C& c : cases) {
+      const std::string what = std::string(kOp) + " x " + shape_str(c.x) + " padding " +
+                               std::to_string(c.pad[0]) + "," + std::to_string(c.pad[1]) + "," +
+                               std::to_string(c.pad[2]);
+      check_op(what, fused_conv_node(c.x, 64, true, fused_conv_attrs(false, "none", 1.0, c.pad, c.out_pad)),
+               fused_conv_inputs(c.x, 64, true, seed), {kTf32Tol});
+      seed += 10;
+    }
   }
 
   TEST_CASE("the flagship size matches the CPU") {
