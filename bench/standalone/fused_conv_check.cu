@@ -4,7 +4,8 @@
 //        bench/standalone/fused_conv_check.cu -o fc
 //   ./fc            probe + correctness at small, odd and mid shapes + flagship + batch 128 + timing
 //   ./fc --small    one small case per mode (for compute-sanitizer)
-//   ./fc --prof     one flagship launch and nothing else (for ncu)
+//   ./fc --prof     one flagship launch and nothing else (for ncu); --prof-epilogue: the same
+//                   with only the epilogue warps' work (profiling mode 5)
 // Reference: a direct transposed convolution written from the definition
 // (od = id*2 - pad + kd, every tap tested) in float64 and in float32 on the GPU, followed by a
 // row-wise LayerNorm/GELU/scale in the same precision. Outputs are NaN-poisoned before each run,
@@ -473,10 +474,18 @@ int main(int argc, char** argv) {
   printf("device: %s, %d SMs, L2 %d MB, seed %llu\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20,
          (unsigned long long)g_seed);
 
-  if (argc > 1 && std::strcmp(argv[1], "--prof") == 0) {  // one flagship launch, for a profiler
+  if (argc > 1 && std::strncmp(argv[1], "--prof", 6) == 0) {  // one flagship launch, for a profiler
     const Case c = {"flagship N32", 32, 32, 16, 32, 32, 1, 1, 1, 0, 0, 0, true, false, 1.0f};
     Buffers B = make_buffers(c);
-    run_kernel(c, B, false, minidl::fused_conv_detail::kDefaultVariant);
+    if (std::strcmp(argv[1], "--prof-epilogue") == 0) {  // MODE 5: the epilogue warps' work only
+      namespace fc = minidl::fused_conv_detail;
+      fc::Params p = fc::make_params(B.x, B.b, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin, c.D, c.H, c.W, 64, c.pd,
+                                     c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor, fc::kDefaultVariant);
+      p.xt = static_cast<float*>(workspace_for(c));
+      fc::launch_tc<32, false, 5>(p, B.w, 0);
+    } else {
+      run_kernel(c, B, false, minidl::fused_conv_detail::kDefaultVariant);
+    }
     CK(cudaDeviceSynchronize());
     free_buffers(B);
     return 0;
