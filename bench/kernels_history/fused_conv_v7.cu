@@ -21,14 +21,14 @@
 //    [ci/4][rho][ci%4] with rho = iw - iw_min over 34 rows (zeros outside [0, W)), TF32-rounded.
 //    That is exactly the K-major, no-swizzle layout wgmma wants (a core matrix = 8 u-rows x 4
 //    channels = 128 contiguous bytes; the next 4 channels are LBO on), so one plane is one
-//    contiguous 4352-byte bulk copy (cp.async.bulk, completing on an mbarrier), issued by a single
-//    thread, and the shift by tap c or parity q is a 16-byte offset of the descriptor's start
+//    contiguous 4352-byte bulk copy (cp.async.bulk, completing on an mbarrier), issued by one
+//    lane, and the shift by tap c or parity q is a 16-byte offset of the descriptor's start
 //    address: an implicit im2col with no copies. A zero plane at the end stands in for every
 //    out-of-range (id, ih).
 //  * Warp specialization. Warpgroups 0 and 1 (q = 0, 1) keep the A fragments of their parity for
 //    all of K (128 registers) and run the tensor cores with two accumulator sets: row r's wgmmas
 //    are issued before row r-1's results are reduced and staged, so the tensor pipe is fed across
-//    rows. Thread 0 also issues the bulk copies kAhead rows ahead. Warpgroups 2 and 3 run
+//    rows. Warp 0 also issues the bulk copies kAhead rows ahead. Warpgroups 2 and 3 run
 //    LayerNorm / GELU / scale, write the finished 64 x 64 tile to shared memory and one thread
 //    stores it with a single TMA tensor store (4-D box: 64 ow x 64 co). setmaxnreg splits the
 //    register file 192 / 64. The roles meet in a double-buffered staging tile handed over with
@@ -445,7 +445,7 @@ __device__ __forceinline__ void fused_conv_epilogue(const Params& p, const void*
 // scale / stores. The two roles meet in a double-buffered staging tile, handed over with
 // mbarriers, so one item's epilogue overlaps the next items' matrix work.
 //   MMA, item k: slab pairs of k landed (mbarrier) -> barrier of both MMA warpgroups -> issue 32
-//   async wgmmas into accumulator set k&1 -> thread 0: bulk copies of item k + kAhead -> wait for
+//   async wgmmas into accumulator set k&1 -> warp 0: bulk copies of item k + kAhead -> wait for
 //   item k-1's wgmmas -> item k-1: LN partial statistics, (staging tile free) -> write its 64x32
 //   half of the tile -> signal full.
 //   Epilogue, item k: wait full -> read the 64x64 tile -> signal empty -> LN/GELU into the output
@@ -506,7 +506,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // registers) and its lane 0 issues the copies.
     const bool producer = __shfl_sync(0xffffffffu, warp, 0) == 0;
 
-    // ---- loads (thread 0 only): pair P of item `it` for input row ih, into slot P % kPairSlots
+    // ---- loads (warp 0 only): pair P of item `it` for input row ih, into slot P % kPairSlots
     const char* const xt = reinterpret_cast<const char*>(p.xt);
     const int64_t zero_plane = (int64_t)g.N * g.D * g.H;
     auto load_pair = [&](const Item& it, int ih, int P) {
