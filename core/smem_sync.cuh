@@ -1,6 +1,7 @@
-// Shared-memory synchronization primitives of sm_90 (mbarriers, proxy fences), written once for
-// every kernel that needs them (ops/layer_norm.cu, the fused conv kernel). Header only, CUDA
-// runtime only, so standalone check programs can include it too.
+// Shared-memory synchronization and copy primitives of sm_90 (mbarriers, proxy fences, bulk
+// copies in and out of shared memory), written once for every kernel that needs them
+// (ops/layer_norm.cu, the fused conv kernel). Header only, CUDA runtime only, so standalone check
+// programs can include it too.
 #pragma once
 #include <cuda_runtime.h>
 

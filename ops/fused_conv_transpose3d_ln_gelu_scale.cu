@@ -83,18 +83,24 @@ void fused_conv_cuda(KernelContext& ctx) {
   const std::string& approx = ctx.attrs().get_str("approximate");
   MINIDL_CHECK(approx == "none" || approx == "tanh", kOp, ": attribute 'approximate' must be \"none\" or \"tanh\", got \"",
                approx, "\"");
-  // Scratch for the re-laid-out input, returned to the caching allocator right after the launch:
-  // every kernel runs on the one stream, so a later user of the block runs after this kernel.
+  // Scratch for the re-laid-out input, returned to the caching allocator right after the launch
+  // (or when it throws): every kernel runs on the one stream, so a later user of the block runs
+  // after this kernel.
   const bool precise = ctx.attrs().get_bool("precise");
   const size_t ws_bytes = fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(N, Cin, D, H, precise);
-  void* workspace = ws_bytes ? cuda::allocate(ws_bytes) : nullptr;
+  struct Scratch {
+    void* p;
+    ~Scratch() {
+      if (p) cuda::deallocate(p);
+    }
+  } scratch{ws_bytes ? cuda::allocate(ws_bytes) : nullptr};
+  void* const workspace = scratch.p;
   launch_fused_conv_transpose3d_ln_gelu_scale(
       x.data<float>(), w.data<float>(), cb.defined() ? cb.data<float>() : nullptr, lw.data<float>(),
       lb.data<float>(), y.data<float>(), ctx.out(1).data<float>(), ctx.out(2).data<float>(), N, Cin, D, H, W, Cout,
       (int)padding[0], (int)padding[1], (int)padding[2], (int)out_pad[0], (int)out_pad[1], (int)out_pad[2],
       (float)ctx.attrs().get_float("eps"), approx == "tanh", (float)ctx.attrs().get_float("factor"),
       precise, workspace, cuda::stream());
-  if (workspace) cuda::deallocate(workspace);
   MINIDL_LAUNCH_CHECK(kOp);
 }
 

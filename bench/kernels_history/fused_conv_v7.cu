@@ -183,7 +183,6 @@ __device__ __forceinline__ void tma_store_4d(const void* map, uint32_t src, int 
       : "memory");
 }
 
-
 __device__ __forceinline__ float tf32_round(float v) {
   uint32_t r;
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
@@ -270,7 +269,6 @@ template <bool TANH>
 __device__ __forceinline__ float gelu_unscaled(float u) {
   return TANH ? gelu_f<true>(u) : gelu_erf_fast(u);
 }
-
 
 // ---------------------------------------------------------------- input re-layout (TF32 path)
 // xt plane (n, id, ih) at index (n*D + id)*H + ih holds [ci/4][rho][ci%4] = x[n][ci][id][ih][iw]
