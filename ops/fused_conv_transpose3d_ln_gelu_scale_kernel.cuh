@@ -676,8 +676,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     // ======================================================== epilogue warpgroups
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kDbAcc ? kEpiRegsDb : kEpiRegs1));
-    fused_conv_epilogue<TANH, MODE, kEpi, kTmaStore>(p, &ymap, stages, kStageFloats, outs, stage_bars, it0, it1, warp - 8, lane,
-                                          tid - 256);
+    fused_conv_epilogue<TANH, MODE, kEpi, kTmaStore>(p, &ymap, stages, kStageFloats, outs, stage_bars, it0, it1,
+                                                     warp - 8, lane, tid - 256);
   }
 }
 
