@@ -815,8 +815,9 @@ inline CUtensorMap make_y_tensor_map(const Params& p) {
                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
                             CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
-    throw std::runtime_error("fused_conv_transpose3d_ln_gelu_scale: cuTensorMapEncodeTiled failed for output 'y' (error " +
-                             std::to_string((int)r) + ")");
+    throw std::runtime_error(
+        "fused_conv_transpose3d_ln_gelu_scale: cuTensorMapEncodeTiled failed for output 'y' (error " +
+        std::to_string((int)r) + ")");
   return map;
 }
 
@@ -838,7 +839,8 @@ void launch_tc(const Params& p, const float* w, cudaStream_t stream) {
   }();
   (void)configured;
   const Geometry& g = p.g;
-  relayout_input_kernel<CIN><<<(unsigned)((int64_t)g.N * g.D + 1), 256, 0, stream>>>(p.x, reinterpret_cast<float4*>(p.xt), g);
+  relayout_input_kernel<CIN>
+      <<<(unsigned)((int64_t)g.N * g.D + 1), 256, 0, stream>>>(p.x, reinterpret_cast<float4*>(p.xt), g);
   const int prep_n = 8 * CIN * 128 * 4;
   prep_weights_kernel<CIN><<<(prep_n + 255) / 256, 256, 0, stream>>>(w, p.g.pw, p.variant);
   const CUtensorMap ymap = make_y_tensor_map(p);
