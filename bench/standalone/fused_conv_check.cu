@@ -240,6 +240,16 @@ void run_kernel(const Case& c, const Buffers& B, bool precise, int variant) {
   CK(cudaGetLastError());
 }
 
+// Parameters of the TF32 kernel for a case, its workspace attached (for launching launch_tc
+// directly: profiling modes and build options).
+minidl::fused_conv_detail::Params tc_params(const Case& c, const Buffers& B, int variant) {
+  namespace fc = minidl::fused_conv_detail;
+  fc::Params p = fc::make_params(B.x, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin, c.D,
+                                 c.H, c.W, 64, c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor, variant);
+  p.xt = static_cast<float*>(workspace_for(c));
+  return p;
+}
+
 struct Result {
   Cmp y64, y32, mean64, rstd64;
 };
@@ -412,10 +422,7 @@ __global__ void store_pattern_kernel(minidl::fused_conv_detail::Geometry g, floa
 template <int MODE, int OPT = 0>
 void time_mode(const Case& c, const Buffers& B, const float* w, int variant, const char* what) {
   namespace fc = minidl::fused_conv_detail;
-  fc::Params p = fc::make_params(B.x, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin,
-                                       c.D, c.H, c.W, 64, c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor,
-                                       variant);
-  p.xt = static_cast<float*>(workspace_for(c));
+  const fc::Params p = tc_params(c, B, variant);
   Timing t = time_it([&] { fc::launch_tc<32, false, MODE, OPT>(p, w, 0); CK(cudaGetLastError()); });
   const double gflop = 2.0 * B.ny * c.Cin * 8 / 1e9;
   const double gbytes = (B.ny * 4.0 + B.nx * 4.0 + 2.0 * B.rows * 4) / 1e9;
@@ -431,12 +438,9 @@ void profile_parts(const Case& c, int variant) {
   time_mode<5, fc::kOptOneAccSet>(c, B, B.w, variant, "epilogue only, one acc");
   time_mode<4, fc::kOptOneAccSet>(c, B, B.w, variant, "wgmma only, one acc");
   {
-    namespace fc = minidl::fused_conv_detail;
-    const fc::Params p = fc::make_params(B.x, B.b, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin, c.D, c.H, c.W, 64,
-                                         c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor, variant);
-    float4* xt = static_cast<float4*>(workspace_for(c));
+    const fc::Params p = tc_params(c, B, variant);
     Timing t = time_it([&] {
-      fc::relayout_input_kernel<32><<<(unsigned)(c.N * c.D + 1), 256>>>(B.x, xt, p.g);
+      fc::relayout_input_kernel<32><<<(unsigned)(c.N * c.D + 1), 256>>>(B.x, reinterpret_cast<float4*>(p.xt), p.g);
       CK(cudaGetLastError());
     });
     const double gbytes = (B.nx * 4.0 + fc::workspace_bytes(c.N, c.Cin, c.D, c.H)) / 1e9;
@@ -450,8 +454,7 @@ void profile_parts(const Case& c, int variant) {
   time_mode<6>(c, B, B.w, variant, "input loads only");
   time_mode<7>(c, B, B.w, variant, "epilogue alone (no staging)");
   {
-    const fc::Params p = fc::make_params(B.x, B.b, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin, c.D, c.H, c.W, 64,
-                                         c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor, variant);
+    const fc::Params p = tc_params(c, B, variant);
     Timing t = time_it([&] {
       store_pattern_kernel<<<132, 512>>>(p.g, B.y);
       CK(cudaGetLastError());
@@ -478,11 +481,8 @@ int main(int argc, char** argv) {
     const Case c = {"flagship N32", 32, 32, 16, 32, 32, 1, 1, 1, 0, 0, 0, true, false, 1.0f};
     Buffers B = make_buffers(c);
     if (std::strcmp(argv[1], "--prof-epilogue") == 0) {  // MODE 5: the epilogue warps' work only
-      namespace fc = minidl::fused_conv_detail;
-      fc::Params p = fc::make_params(B.x, B.b, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin, c.D, c.H, c.W, 64, c.pd,
-                                     c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor, fc::kDefaultVariant);
-      p.xt = static_cast<float*>(workspace_for(c));
-      fc::launch_tc<32, false, 5>(p, B.w, 0);
+      minidl::fused_conv_detail::launch_tc<32, false, 5>(
+          tc_params(c, B, minidl::fused_conv_detail::kDefaultVariant), B.w, 0);
     } else {
       run_kernel(c, B, false, minidl::fused_conv_detail::kDefaultVariant);
     }
