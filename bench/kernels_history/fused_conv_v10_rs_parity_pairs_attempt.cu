@@ -1,0 +1,948 @@
+// v10 attempt (not kept): two consumer warpgroups, one per ow parity, each holding W_q in registers
+// (RS m64n64k8 on interleaved row pairs, two accumulator sets, 240 registers) and running the
+// epilogue of its parity: LayerNorm partial statistics exchanged through shared memory, outputs
+// written into a 128B-swizzled tile stored by TMA. Correct on every shape; 0.96 ms with gamma/beta
+// in registers (small spills), 1.09 ms as below (gamma/beta from shared memory, no spills), against
+// v7's 0.72: the two warpgroups wait for each other at the two per-unit barriers (bench/NOTES.md).
+// Snapshot of the whole header at the time (its check program needs the v9-style profile list).
+// Kernels behind fused_conv_transpose3d_ln_gelu_scale: ConvTranspose3d (stride 2, kernel 4,
+// Cout 64) -> + bias -> LayerNorm over the last dim (W_out = 64) -> GELU -> * factor, in one pass
+// that writes y once plus the per-row mean and rstd. Included by
+// ops/fused_conv_transpose3d_ln_gelu_scale.cu and by the standalone check
+// bench/standalone/fused_conv_check.cu; it needs only the CUDA runtime (the driver's tensor-map
+// encoder is reached through cudaGetDriverEntryPointByVersion).
+//
+// How the TF32 kernel works (v10; numbers for Cin = 32; bench/NOTES.md has the measurements):
+//  * Phases. Output od receives x[id] through tap kd = td - 2 id with td = od + pad_d, so only
+//    kd in {td&1, (td&1)+2} (id = td>>1 and id = (td>>1)-1) contribute; the same in h and w. The
+//    parity class (td&1, th&1) of an output row fixes its 4 (kd, kh) taps. Along w, outputs
+//    ow = 2u + q (u = 0..31, q = ow parity) use taps kw = ((q+pw)&1) + 2c, c in {0,1}, at
+//    iw = u + ((q+pw)>>1) - c.
+//  * Work unit = a row pair: rows A = (n, od, oh) and B = (n, od + 2, oh) of one parity class,
+//    all 64 co x all 64 ow of both, K = Cin x 8 taps = 256. Per ow parity q it is the GEMM
+//    D[co 64][n 64] = W_q[co][k] * X[k][n] with n = 2u + r (r = 0: row A, 1: row B): 32 wgmma
+//    m64n64k8 per unit and parity, A (weights) from registers, B (inputs) from shared memory.
+//  * Input re-layout. A pre-kernel writes x once more as planes, one per (n, id, ih):
+//    [ci/4][rho][ci%4] with rho = iw - iw_min over 34 rows (zeros outside [0, W)), TF32-rounded.
+//    A TMA tensor load then takes the planes id and id + 1 of one ih and interleaves them row by
+//    row: [ci/4][rho][r][ci%4], 16-byte rows. That is the K-major, no-swizzle layout wgmma wants
+//    for B (a core matrix = 8 n-rows x 4 channels = 128 contiguous bytes, the next 4 channels are
+//    LBO on), and the shift by tap c or parity q is a 32-byte offset of the descriptor's start
+//    address: an implicit im2col for two rows at once. Out-of-range id / ih read as zeros.
+//  * Inputs of a unit: for tap (a, b) it reads the interleaved pair (id0 - a, id0 - a + 1) of
+//    input row ih0 - b. A ring slot holds one input row ih (both a); the next unit of the same
+//    (n, od) has ih0 + 1, so it reuses one slot and loads one. One producer thread issues them.
+//  * Warp specialization. Warpgroup 0 is the producer (one thread used). Warpgroups 1 and 2
+//    (q = 0, 1) hold W_q for their parity's whole K in registers (128 per thread) and each runs
+//    the MMA and the epilogue of its parity for every unit; see fused_conv_tc_kernel. Each block
+//    works on one class only, so the weights are loaded once. setmaxnreg: 24 / 240.
+//  * All element offsets into x, y, mean and rstd are 64-bit.
+// The precise (FP32) kernel is a plain direct convolution per row with the same epilogue.
+#pragma once
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "core/smem_sync.cuh"
+#include "ops/fused_conv_support.h"
+
+namespace minidl {
+namespace fused_conv_detail {
+
+constexpr int kThreads = 384;  // warpgroup 0: producer (one thread); warpgroups 1, 2: q = 0, 1
+// setmaxnreg split of the block's 384 x 168 registers: the consumers hold 128 weight registers,
+// two sets of 32 accumulators, gamma / beta of their 8 columns and the epilogue's temporaries.
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+constexpr int kPlaneRows = 34;  // input plane rows per channel group: rho = iw - iw_min, 32 u + 2 taps
+constexpr int kSlots = 8;       // ring of input rows (one ih, both kd taps), 17 KB each at Cin 32
+constexpr int kMaxCin = 32;
+// Bytes of one re-laid-out input plane (n, id, ih): [Cin/4][kPlaneRows][4] floats.
+constexpr uint32_t plane_bytes(int cin) { return (uint32_t)(cin / 4) * kPlaneRows * 16; }
+// Two planes (id, id + 1) interleaved row by row, one ring slot (taps a = 0, 1), and the rows of
+// one TMA box (at most 256 per box).
+constexpr uint32_t pair_bytes(int cin) { return 2 * plane_bytes(cin); }
+constexpr uint32_t slot_bytes(int cin) { return 2 * pair_bytes(cin); }
+constexpr int box_count(int cin) { return cin / 4 * kPlaneRows > 256 ? 2 : 1; }
+constexpr int box_rows(int cin) { return cin / 4 * kPlaneRows / box_count(cin); }
+// Bit 0: alternative A-fragment k order; bit 1: swapped LBO/SBO. The standalone check probes all
+// four on the device; 0 is the documented PTX layout.
+constexpr int kDefaultVariant = 0;
+constexpr uint32_t kTileBytes = 2 * 64 * 64 * 4;  // output tile of a unit: [r][half][co][32 floats]
+constexpr uint32_t kXchgBytes = 2 * 2 * 128 * 8;  // statistics exchange: [buf][q][co][r] float2
+
+// Weights re-laid out per (class, q, k-step, thread) in exactly the A-fragment register order
+// (and rounded to TF32), so each thread loads its 128 registers with 32 coalesced 16-byte loads.
+__device__ float4 g_wprep[4 * 2 * kMaxCin * 128];
+
+struct Geometry {
+  int N, Cin, D, H, W, Dout, Hout;
+  int pd, ph, pw;
+  int cntD0, cntD1, cntH0, cntH1;  // rows per parity of (od + pd), (oh + ph)
+  int od00, od01, oh00, oh01;      // first od (oh) of each parity
+  int b1, b2, b3, total;           // rows of class c are [b_c, b_{c+1}), class = pd_par*2 + ph_par
+  int units[4];                    // row pairs (od, od + 2) per class
+  int block0[5];                   // blocks of class c are [block0[c], block0[c+1]) (TF32 kernel)
+};
+
+struct Params {
+  Geometry g;
+  const float* x;
+  float* xt;  // re-laid-out input planes (workspace_bytes()), written by relayout_input_kernel
+  const float* bias;
+  const float* gamma;
+  const float* beta;
+  float* y;
+  float* mean;
+  float* rstd;
+  float eps, factor;
+  int variant;
+};
+
+struct Item {
+  int cls, n, od, oh;
+};
+
+__device__ __forceinline__ Item decode_item(const Geometry& g, int i) {
+  const int cls = (i >= g.b1) + (i >= g.b2) + (i >= g.b3);
+  const int begin = cls == 0 ? 0 : cls == 1 ? g.b1 : cls == 2 ? g.b2 : g.b3;
+  const int pdp = cls >> 1, php = cls & 1;
+  const int cd = pdp ? g.cntD1 : g.cntD0;
+  const int ch = php ? g.cntH1 : g.cntH0;
+  int j = i - begin;
+  const int ohi = j % ch;
+  j /= ch;
+  const int odi = j % cd;
+  Item it;
+  it.cls = cls;
+  it.n = j / cd;
+  it.od = (pdp ? g.od01 : g.od00) + 2 * odi;
+  it.oh = (php ? g.oh01 : g.oh00) + 2 * ohi;
+  return it;
+}
+
+// The item after `it` in the same order as decode_item (oh fastest, then od, n, class): a few
+// compares instead of the divisions of decode_item.
+// Returns true when the new item is row oh + 2 of the same (class, n, od) (its input slab
+// overlaps the previous one by half).
+__device__ __forceinline__ bool advance_item(const Geometry& g, Item& it) {
+  it.oh += 2;
+  if (it.oh < g.Hout) return true;
+  it.od += 2;
+  it.oh = (it.cls & 1) ? g.oh01 : g.oh00;
+  if (it.od < g.Dout) return false;
+  it.od = (it.cls >> 1) ? g.od01 : g.od00;
+  if (++it.n < g.N) return false;
+  it.n = 0;
+  do {  // next non-empty class
+    ++it.cls;
+  } while (it.cls < 3 && ((it.cls >> 1) ? g.cntD1 : g.cntD0) * ((it.cls & 1) ? g.cntH1 : g.cntH0) == 0);
+  it.od = (it.cls >> 1) ? g.od01 : g.od00;
+  it.oh = (it.cls & 1) ? g.oh01 : g.oh00;
+  return false;
+}
+
+
+// A unit of the TF32 kernel: rows (n, od, oh) and (n, od + 2, oh) of one class. Units of a class
+// are ordered oh fastest, then od pairs (od advances by 4), then n.
+struct Unit {
+  int n, od, oh;
+};
+__device__ __forceinline__ int first_od(const Geometry& g, int cls) { return (cls >> 1) ? g.od01 : g.od00; }
+__device__ __forceinline__ int first_oh(const Geometry& g, int cls) { return (cls & 1) ? g.oh01 : g.oh00; }
+__device__ __forceinline__ Unit decode_unit(const Geometry& g, int cls, int j) {
+  const int ch = (cls & 1) ? g.cntH1 : g.cntH0;
+  const int cdp = (((cls >> 1) ? g.cntD1 : g.cntD0) + 1) >> 1;
+  Unit u;
+  u.oh = first_oh(g, cls) + 2 * (j % ch);
+  j /= ch;
+  u.od = first_od(g, cls) + 4 * (j % cdp);
+  u.n = j / cdp;
+  return u;
+}
+// The next unit; true when it is row oh + 2 of the same (n, od) pair (one input row shared).
+__device__ __forceinline__ bool advance_unit(const Geometry& g, int cls, Unit& u) {
+  u.oh += 2;
+  if (u.oh < g.Hout) return true;
+  u.oh = first_oh(g, cls);
+  u.od += 4;
+  if (u.od < g.Dout) return false;
+  u.od = first_od(g, cls);
+  ++u.n;
+  return false;
+}
+
+// ---------------------------------------------------------------- small PTX wrappers
+using ptx::bulk_commit;
+using ptx::bulk_load;
+using ptx::bulk_wait_all;
+using ptx::bulk_wait_read;
+using ptx::fence_proxy_async_smem;
+using ptx::mbar_arrive;
+using ptx::mbar_arrive_expect;
+using ptx::mbar_init;
+using ptx::mbar_init_fence;
+using ptx::mbar_wait;
+using ptx::policy_evict_first;
+using ptx::smem_u32;
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads/writes across the wgmma fence/wait.
+__device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// TMA tensor store of the box at coordinates (c0..c3) from shared memory, as a bulk group, with an
+// L2 policy. `map` is the address of a __grid_constant__ CUtensorMap kernel parameter.
+__device__ __forceinline__ void tma_store_4d(const void* map, uint32_t src, int c0, int c1, int c2, int c3,
+                                             uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.bulk_group.L2::cache_hint [%0, {%2, %3, %4, %5}], [%1], %6;\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "l"(policy)
+      : "memory");
+}
+
+// Named barrier among a subset of the block's threads.
+__device__ __forceinline__ void bar_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// TMA tensor load of the 5-D box at coordinates (c0..c4) into shared memory, completing its bytes
+// on the mbarrier `bar`; out-of-range elements are filled with zeros. `map` is the address of a
+// __grid_constant__ CUtensorMap kernel parameter.
+__device__ __forceinline__ void tma_load_5d(const void* map, uint32_t dst, uint32_t bar, int c0, int c1, int c2,
+                                            int c3, int c4) {
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6, "
+      "%7}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4)
+      : "memory");
+}
+
+__device__ __forceinline__ float tf32_round(float v) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+  return __uint_as_float(r);
+}
+
+// D[64 x 64] (+)= A[64 x 8] (registers, tf32) * B[8 x 64] (shared memory, K-major, descriptor).
+template <int ScaleD>
+__device__ __forceinline__ void wgmma_m64n64k8_rs(float (&d)[32], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                  uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "n"(ScaleD)
+      : "memory");
+}
+// Shared-memory matrix descriptor, no swizzle: start address, LBO (next core matrix along K),
+// SBO (next 8 rows along M or N); variant bit 1 swaps the two (layout probe only).
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo, int variant) {
+  const uint32_t l = (variant & 2) ? sbo : lbo, s = (variant & 2) ? lbo : sbo;
+  return (uint64_t)((addr >> 4) & 0x3FFF) | ((uint64_t)(l >> 4) << 16) | ((uint64_t)(s >> 4) << 32);
+}
+
+template <bool TANH>
+__device__ __forceinline__ float gelu_f(float v) {
+  if (TANH) {
+    const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+    return 0.5f * v * (1.f + tanhf(u));
+  }
+  return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
+}
+
+// ---------------------------------------------------------------- weight re-layout (TF32 path)
+// g_wprep[((cls*2 + q)*CIN + s)*128 + thread].e = A fragment register e of k-step s for that
+// thread of warpgroup q. k order: k-step s = ((a*2 + b)*2 + c)*(CIN/8) + ci8 covers taps
+// (kd, kh, kw) = (pd_par + 2a, ph_par + 2b, ((q+pw)&1) + 2c) and channels ci = 8 ci8 + kcol,
+// kcol = 0..7 (the slab's 16-byte core-matrix rows hold 4 consecutive channels).
+template <int CIN>
+__global__ void prep_weights_kernel(const float* __restrict__ w, int pw, int variant) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= 8 * CIN * 128 * 4) return;
+  const int e = idx & 3;
+  const int thr = (idx >> 2) & 127;
+  const int s = (idx >> 9) % CIN;
+  const int cq = (idx >> 9) / CIN;
+  const int q = cq & 1, cls = cq >> 1;
+  const int pdp = cls >> 1, php = cls & 1;
+  const int wq = thr >> 5, lane = thr & 31, g = lane >> 2, t = lane & 3;
+  const int co = 16 * wq + g + 8 * (e & 1);                              // rows g / g+8
+  const int kcol = (variant & 1) ? (2 * t + (e >> 1)) : (t + 4 * (e >> 1));  // cols t / t+4
+  const int ci8 = s % (CIN / 8), t3 = s / (CIN / 8);
+  const int c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
+  const int ci = 8 * ci8 + kcol;
+  const int kd = pdp + 2 * a, kh = php + 2 * b, kw = ((q + pw) & 1) + 2 * c;
+  const float v = w[(((ci * 64 + co) * 4 + kd) * 4 + kh) * 4 + kw];
+  reinterpret_cast<float*>(g_wprep)[idx] = tf32_round(v);
+}
+
+__device__ __forceinline__ float ex2_approx(float v) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(v));
+  return r;
+}
+
+// gelu(x), exact-erf GELU with one MUFU op: with a = min(|x|, 6), Q(a) = erfc(a/sqrt2)/2 = 2^-P(a)
+// and gelu(x) = max(x, 0) - a Q(a) for either sign. P is a degree-5 polynomial fitted (weighted
+// minimax, weight a Q(a) ln 2, i.e. the error it makes in gelu) to -log2 Q on [0, 6]: |gelu error|
+// <= 4.4e-7 there; beyond 6, a Q(a) < 6e-9 and the clamp keeps inf finite (gelu(+inf) = +inf).
+// 9 instructions (5 FFMA, MUFU.EX2, 2 FMNMX, 1 FFMA) against 14 with two MUFU ops for
+// Abramowitz & Stegun 7.1.26 (kernels_history/fused_conv_v7.cu). bench/NOTES.md has the fit.
+__device__ __forceinline__ float gelu_erf_fast(float x) {
+  const float a = fminf(fabsf(x), 6.0f);
+  float e = fmaf(a, -0.00047329801600426435f, 0.007084488403052092f);  // e = -P(a)
+  e = fmaf(a, e, -0.05182723328471184f);
+  e = fmaf(a, e, -0.45999258756637573f);
+  e = fmaf(a, e, -1.1507878303527832f);
+  e = fmaf(a, e, -1.000037670135498f);
+  return fmaf(-a, ex2_approx(e), fmaxf(x, 0.f));
+}
+template <bool TANH>
+__device__ __forceinline__ float gelu_unscaled(float u) {
+  return TANH ? gelu_f<true>(u) : gelu_erf_fast(u);
+}
+
+// ---------------------------------------------------------------- input re-layout (TF32 path)
+// xt plane (n, id, ih) at index (n*D + id)*H + ih holds [ci/4][rho][ci%4] = x[n][ci][id][ih][iw]
+// with iw = iw_min + rho, zero outside [0, W), rounded to TF32; plane N*D*H is all zeros. One block
+// per (n, id); consecutive threads take consecutive rho, so each read is a coalesced run of one
+// channel's row and each write a 16-byte store.
+template <int CIN>
+__global__ void relayout_input_kernel(const float* __restrict__ x, float4* __restrict__ xt, const Geometry g) {
+  constexpr int kPlaneF4 = CIN / 4 * kPlaneRows;
+  const int64_t nd = blockIdx.x;
+  const int64_t planes = (int64_t)g.N * g.D;
+  if (nd == planes) {  // the zero plane
+    for (int i = threadIdx.x; i < kPlaneF4; i += blockDim.x)
+      xt[planes * g.H * kPlaneF4 + i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    return;
+  }
+  const int n = (int)(nd / g.D), id = (int)(nd % g.D);
+  const int iw_min = (g.pw >> 1) - 1;
+  const int64_t chan = (int64_t)g.D * g.H * g.W;
+  const float* xs = x + ((int64_t)n * CIN * g.D + id) * g.H * g.W;
+  float4* dst = xt + nd * g.H * kPlaneF4;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < g.H * kPlaneF4; i += blockDim.x) {
+    const int ih = i / kPlaneF4, e = i - ih * kPlaneF4;
+    const int ci4 = e / kPlaneRows, iw = iw_min + (e - ci4 * kPlaneRows);
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (iw >= 0 && iw < g.W) {
+      const float* s = xs + 4 * ci4 * chan + ih * g.W + iw;
+      v = make_float4(tf32_round(__ldg(s)), tf32_round(__ldg(s + chan)), tf32_round(__ldg(s + 2 * chan)),
+                      tf32_round(__ldg(s + 3 * chan)));
+    }
+    dst[i] = v;
+  }
+}
+
+// ---------------------------------------------------------------- TF32 tensor-core kernel
+// One consumer warpgroup per ow parity q. Per unit, each: its 32 wgmmas (A = its weights in
+// registers, B = the interleaved ring slots), then the epilogue of its parity: LayerNorm partial
+// statistics of its 32 values per row, exchanged with the partner through shared memory and
+// merged (Chan), then LN -> GELU -> scale into the unit's output tile, which one thread stores
+// with four TMA tensor stores (rows A, B x two 32-column halves; 128-byte swizzle, so that the
+// 4-byte tile writes of a warp hit at most two threads per bank). Two accumulator sets: unit k+1's
+// wgmmas run while unit k's epilogue does (four units per loop trip, the last with the tensor
+// pipe idle: ptxas serializes every wgmma when a group is in flight across a loop back edge).
+// The consumers process every unit in order, so a ring slot's full barrier is never waited on
+// more than one phase ahead. A slot is used by up to two units x two warpgroups x 4 warps.
+template <int CIN, bool TANH, int MODE = 0>
+__global__ void __launch_bounds__(kThreads, 1)
+    fused_conv_tc_kernel(const Params p, const __grid_constant__ CUtensorMap xmap,
+                         const __grid_constant__ CUtensorMap ymap) {
+  constexpr uint32_t kPair = pair_bytes(CIN), kSlot = slot_bytes(CIN);
+  constexpr uint32_t kBox = (uint32_t)box_rows(CIN) * 32;  // one TMA box: rows x 2 planes x 16 bytes
+  constexpr int KS = CIN;                                  // k-steps of 8 per parity (K = 8 Cin)
+  constexpr int KC = CIN / 8;                              // k-steps per tap (a, b, c)
+  constexpr uint32_t kLbo = kPlaneRows * 32;               // B: the next 4 channels
+  // Shared memory: output tiles (2 x 32 KB, 1024-aligned for the swizzle) | input ring |
+  // statistics exchange (2 x 2 x 128 float2) | gamma / beta (64 float2) | mbarriers (full[kSlots],
+  // empty[kSlots]).
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  float* const tiles = reinterpret_cast<float*>(smem_raw);
+  const uint32_t tiles_s = smem_u32(smem_raw);
+  const uint32_t ring_s = tiles_s + 2 * kTileBytes;
+  float2* const xchg = reinterpret_cast<float2*>(smem_raw + 2 * kTileBytes + kSlots * kSlot);
+  const uint32_t full_bar = ring_s + kSlots * kSlot + kXchgBytes + 512;
+  const uint32_t empty_bar = full_bar + 8 * kSlots;
+  const Geometry& g = p.g;
+
+  const int blk = blockIdx.x;
+  const int cls = (blk >= g.block0[1]) + (blk >= g.block0[2]) + (blk >= g.block0[3]);
+  const int nblk = g.block0[cls + 1] - g.block0[cls], lblk = blk - g.block0[cls];
+  const int u0 = (int)((int64_t)g.units[cls] * lblk / nblk);
+  const int u1 = (int)((int64_t)g.units[cls] * (lblk + 1) / nblk);
+  if (u0 >= u1) return;
+  const int n_units = u1 - u0;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
+  if (tid < kSlots) {
+    mbar_init(full_bar + 8 * tid, 1);
+    mbar_init(empty_bar + 8 * tid, 16);
+  }
+  mbar_init_fence();
+  __syncthreads();
+
+  if (wg == 0) {
+    // ======================================================== producer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    if (warp != 0 || lane != 0) return;
+    auto load_row = [&](const Unit& u, int ih, int P) {
+      const int s = P % kSlots;
+      if (P >= kSlots) mbar_wait(empty_bar + 8 * s, (uint32_t)((P / kSlots - 1) & 1));
+      const uint32_t bar = full_bar + 8 * s;
+      mbar_arrive_expect(bar, kSlot);
+      const int id0 = (u.od + g.pd) >> 1;
+#pragma unroll
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int h = 0; h < box_count(CIN); ++h)
+          tma_load_5d(&xmap, ring_s + s * kSlot + a * kPair + h * kBox, bar, 0, id0 - a, h * box_rows(CIN), ih,
+                      u.n);
+    };
+    Unit u = decode_unit(g, cls, u0);
+    int P = 1;
+    for (int k = 0; k < n_units; ++k) {
+      bool cont = false;
+      if (k > 0) {
+        cont = advance_unit(g, cls, u);
+        P += cont ? 1 : 2;
+      }
+      const int ih0 = (u.oh + g.ph) >> 1;
+      if (!cont) load_row(u, ih0 - 1, P - 1);
+      load_row(u, ih0, P);
+    }
+    return;
+  }
+
+  // ======================================================== consumers (q = ow parity)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
+  const int q = __shfl_sync(0xffffffffu, wg, 0) - 1;  // warp-uniform for the descriptor arithmetic
+  const int ctid = tid - 128 * (1 + q);
+  const int g8 = lane >> 2, t = lane & 3;
+  const int co0 = 16 * (warp & 3) + g8;  // accumulator rows co0 and co0 + 8
+  uint32_t wa[KS * 4];
+  {
+    const float4* src = g_wprep + (size_t)(cls * 2 + q) * CIN * 128 + ctid;
+#pragma unroll
+    for (int s = 0; s < KS; ++s) {
+      const float4 v = src[s * 128];
+      wa[4 * s + 0] = __float_as_uint(v.x);
+      wa[4 * s + 1] = __float_as_uint(v.y);
+      wa[4 * s + 2] = __float_as_uint(v.z);
+      wa[4 * s + 3] = __float_as_uint(v.w);
+    }
+  }
+  // Columns of this thread: n = 8j + 2t + r, i.e. u = 4j + t of rows A (r = 0) and B (r = 1),
+  // ow = 2u + q = 8j + 2t + q.
+  // gamma / beta of this thread's 8 columns are read from a 512-byte table per unit (16 registers
+  // fewer: the weights, two accumulator sets and the epilogue just fit in 240).
+  float2* const gb = reinterpret_cast<float2*>(smem_raw + 2 * kTileBytes + kSlots * kSlot + kXchgBytes);
+  if (q == 0 && ctid < 64) gb[ctid] = make_float2(p.gamma ? p.gamma[ctid] : 1.f, p.beta ? p.beta[ctid] : 0.f);
+  bar_sync(3, 256);
+  const uint32_t b_w0 = (uint32_t)smem_desc(ring_s, kLbo, 128, p.variant);
+  const uint32_t b_w1 = (uint32_t)(smem_desc(ring_s, kLbo, 128, p.variant) >> 32);
+  const int rho = ((q + g.pw) >> 1) - (g.pw >> 1) + 1;  // plane row of u = 0 for tap c = 0
+  const uint64_t policy = policy_evict_first();
+  const bool scaled = p.factor != 1.f;
+
+  struct UnitState {
+    Unit u;
+    int P;
+    bool cont, next_cont;
+  };
+  // The units in order: state k+1 from state k (P and the slot-sharing flags).
+  Unit walker = decode_unit(g, cls, u0);
+  int walkP = 1, walk_k = 0;
+  bool walk_cont = false;
+  auto next_state = [&]() {
+    UnitState st;
+    st.u = walker;
+    st.P = walkP;
+    st.cont = walk_cont;
+    st.next_cont = false;
+    if (walk_k + 1 < n_units) {
+      walk_cont = advance_unit(g, cls, walker);
+      walkP += walk_cont ? 1 : 2;
+      st.next_cont = walk_cont;
+    }
+    ++walk_k;
+    return st;
+  };
+
+  auto issue = [&](float(&acc)[32], const UnitState& st) {
+    const int s0 = st.P % kSlots, s1 = (st.P - 1) % kSlots;  // rows ih0 (b = 0) and ih0 - 1 (b = 1)
+    mbar_wait(full_bar + 8 * s0, (uint32_t)((st.P / kSlots) & 1));
+    mbar_wait(full_bar + 8 * s1, (uint32_t)(((st.P - 1) / kSlots) & 1));
+    const uint32_t lo_b0 = b_w0 + (uint32_t)(s0 * (kSlot >> 4)) + 2 * rho;
+    const uint32_t lo_b1 = b_w0 + (uint32_t)(s1 * (kSlot >> 4)) + 2 * rho;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) reg_fence(acc[i]);
+    wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < KS; ++s) {
+      // k-step s = ((a*2 + b)*2 + c)*KC + ci8: channels 8 ci8 .. +7 of tap (a, b, c).
+      const int ci8 = s % KC, t3 = s / KC, c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
+      const uint32_t lo = (b ? lo_b1 : lo_b0) + (a * kPair + ci8 * 2 * kLbo) / 16 - 2 * c;
+      const uint64_t desc = ((uint64_t)b_w1 << 32) | lo;
+      if (s == 0)
+        wgmma_m64n64k8_rs<0>(acc, wa[0], wa[1], wa[2], wa[3], desc);
+      else
+        wgmma_m64n64k8_rs<1>(acc, wa[4 * s], wa[4 * s + 1], wa[4 * s + 2], wa[4 * s + 3], desc);
+    }
+    wgmma_commit();
+  };
+
+  // Unit `st` done in `acc` (its wgmmas complete): release its slots, then its epilogue.
+  auto finish = [&](float(&acc)[32], const UnitState& st, int k) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) reg_fence(acc[i]);
+    const int s0 = st.P % kSlots, s1 = (st.P - 1) % kSlots;
+    __syncwarp();
+    if (lane == 0) {
+      mbar_arrive(empty_bar + 8 * s0);
+      if (!st.next_cont) mbar_arrive(empty_bar + 8 * s0);
+      mbar_arrive(empty_bar + 8 * s1);
+      if (!st.cont) mbar_arrive(empty_bar + 8 * s1);
+    }
+    const Unit& u = st.u;
+    const int buf = k & 1;
+    // Partial statistics of this parity's 32 values of each of the thread's rows e = (co half, r).
+    float sum[4], m2[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float sm = 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) sm += acc[4 * j + e];
+      sm += __shfl_xor_sync(0xffffffffu, sm, 1);
+      sm += __shfl_xor_sync(0xffffffffu, sm, 2);
+      const float m = sm * (1.f / 32.f);
+      float d2 = 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float d = acc[4 * j + e] - m;
+        d2 = fmaf(d, d, d2);
+      }
+      d2 += __shfl_xor_sync(0xffffffffu, d2, 1);
+      d2 += __shfl_xor_sync(0xffffffffu, d2, 2);
+      sum[e] = sm;
+      m2[e] = d2;
+    }
+    // exchange: xchg[buf][q][co * 2 + r]
+    if (t == 0) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) xchg[(buf * 2 + q) * 128 + (co0 + 8 * (e >> 1)) * 2 + (e & 1)] = make_float2(sum[e], m2[e]);
+    }
+    if (ctid == 0 && q == 0) bulk_wait_read<1>();  // the store of unit k - 2 has read tile `buf`
+    bar_sync(1, 256);
+    const bool row_b = u.od + 2 < g.Dout;  // the last od pair of an odd count has one row
+    float* const tile = tiles + buf * (kTileBytes / 4);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int co = co0 + 8 * (e >> 1), r = e & 1;
+      const float2 o = xchg[(buf * 2 + (q ^ 1)) * 128 + co * 2 + r];
+      // Chan: M2 = M2_0 + M2_1 + (S_0 - S_1)^2 / 64 over 32 + 32 values
+      const float mu = (sum[e] + o.x) * (1.f / 64.f);
+      const float dS = sum[e] - o.x;
+      const float rs = rsqrtf(fmaf(dS * dS, 1.f / 64.f, m2[e] + o.y) * (1.f / 64.f) + p.eps);
+      if (q == 0 && t == 0 && (r == 0 || row_b)) {
+        const int64_t row = ((int64_t)(u.n * 64 + co) * g.Dout + u.od + 2 * r) * g.Hout + u.oh;
+        p.mean[row] = mu + (p.bias ? p.bias[co] : 0.f);  // the bias shifts z, so the mean, nothing else
+        p.rstd[row] = rs;
+      }
+      const float nmrs = -mu * rs;
+      // tile [r][h][co][128 bytes], 16-byte chunk c of a row stored at c ^ (co & 7)
+      float* const trow = tile + ((r * 2) * 64 + co) * 32;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 gbj = gb[8 * j + 2 * t + q];
+        float v = gelu_unscaled<TANH>(fmaf(fmaf(acc[4 * j + e], rs, nmrs), gbj.x, gbj.y));
+        if (scaled) v *= p.factor;
+        const int h = j >> 2, chunk = 2 * (j & 3) + (t >> 1), within = 2 * (t & 1) + q;
+        trow[h * 64 * 32 + ((chunk ^ (co & 7)) << 2) + within] = v;
+      }
+    }
+    fence_proxy_async_smem();  // the tile is read by the TMA stores (async proxy)
+    bar_sync(2, 256);
+    if (ctid == 0 && q == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (r == 1 && !row_b) break;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          tma_store_4d(&ymap, tiles_s + buf * kTileBytes + (r * 2 + h) * 8192, 32 * h, u.oh, u.od + 2 * r, u.n * 64,
+                       policy);
+      }
+      bulk_commit();
+    }
+  };
+
+  float accA[32], accB[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) accA[i] = accB[i] = 0.f;
+  int k = 0;
+  for (; k + 4 <= n_units; k += 4) {
+    const UnitState s0 = next_state();
+    issue(accA, s0);
+    const UnitState s1 = next_state();
+    issue(accB, s1);
+    wgmma_wait<1>();
+    finish(accA, s0, k);
+    const UnitState s2 = next_state();
+    issue(accA, s2);
+    wgmma_wait<1>();
+    finish(accB, s1, k + 1);
+    const UnitState s3 = next_state();
+    issue(accB, s3);
+    wgmma_wait<1>();
+    finish(accA, s2, k + 2);
+    wgmma_wait<0>();
+    finish(accB, s3, k + 3);
+  }
+  for (; k < n_units; ++k) {
+    const UnitState s0 = next_state();
+    issue(accA, s0);
+    wgmma_wait<0>();
+    finish(accA, s0, k);
+  }
+  if (ctid == 0 && q == 0) bulk_wait_all<0>();  // the stores read shared memory until they are done
+}
+
+// ---------------------------------------------------------------- FP32 kernel (precise mode)
+// One block of 64 threads per output row; thread (cg, og) computes co = 4cg..4cg+3 for
+// ow = 16og..16og+15 by FP32 FMA from a shared slab S[ci][ab][34 rows].
+template <bool TANH>
+__global__ void __launch_bounds__(64) fused_conv_fp32_kernel(const Params p, const float* __restrict__ w) {
+  extern __shared__ float S[];
+  const Geometry& g = p.g;
+  const Item it = decode_item(g, blockIdx.x);
+  const int tid = threadIdx.x;
+  const int iw_min = (g.pw >> 1) - 1;
+  const int td = it.od + g.pd, th = it.oh + g.ph;
+  const int64_t chan = (int64_t)g.D * g.H * g.W;
+  for (int i = tid; i < g.Cin * 4 * 34; i += 64) {
+    const int ci = i / 136, rem = i % 136, ab = rem / 34, row = rem % 34;
+    const int id = (td >> 1) - (ab >> 1), ih = (th >> 1) - (ab & 1), iw = iw_min + row;
+    const bool ok = id >= 0 && id < g.D && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+    S[i] = ok ? p.x[((int64_t)it.n * g.Cin + ci) * chan + ((int64_t)id * g.H + ih) * g.W + iw] : 0.f;
+  }
+  __syncthreads();
+
+  const int cg = tid >> 2, og = tid & 3;
+  const int pdp = td & 1, php = th & 1;
+  float acc[4][16];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int i = 0; i < 16; ++i) acc[j][i] = 0.f;
+  for (int ci = 0; ci < g.Cin; ++ci) {
+#pragma unroll
+    for (int ab = 0; ab < 4; ++ab) {
+      const int kd = pdp + 2 * (ab >> 1), kh = php + 2 * (ab & 1);
+      const float* srow = S + (ci * 4 + ab) * 34 + 8 * og;
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int kw = ((q + g.pw) & 1) + 2 * c;
+          const int off = ((q + g.pw) >> 1) - (g.pw >> 1) + 1 - c;
+          float xv[8];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) xv[i] = srow[i + off];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const float wv = __ldg(w + (((ci * 64 + 4 * cg + j) * 4 + kd) * 4 + kh) * 4 + kw);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[j][2 * i + q] = fmaf(wv, xv[i], acc[j][2 * i + q]);
+          }
+        }
+      }
+    }
+  }
+
+  const int64_t plane = (int64_t)g.Dout * g.Hout;
+  const int64_t row0 = ((int64_t)it.n * 64 * g.Dout + it.od) * g.Hout + it.oh;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int co = 4 * cg + j;
+    const float b = p.bias ? p.bias[co] : 0.f;
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      acc[j][i] += b;
+      s += acc[j][i];
+    }
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    const float mu = s * (1.f / 64.f);
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      acc[j][i] -= mu;
+      ss = fmaf(acc[j][i], acc[j][i], ss);
+    }
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+    const float rs = rsqrtf(ss * (1.f / 64.f) + p.eps);
+    const int64_t row = row0 + co * plane;
+    float* yrow = p.y + row * 64 + 16 * og;
+#pragma unroll
+    for (int i4 = 0; i4 < 4; ++i4) {
+      float o[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = 4 * i4 + e, ow = 16 * og + i;
+        const float gm = p.gamma ? p.gamma[ow] : 1.f, bt = p.beta ? p.beta[ow] : 0.f;
+        o[e] = gelu_f<TANH>(fmaf(acc[j][i] * rs, gm, bt)) * p.factor;
+      }
+      __stcs(reinterpret_cast<float4*>(yrow + 4 * i4), make_float4(o[0], o[1], o[2], o[3]));
+    }
+    if (og == 0) {
+      p.mean[row] = mu;
+      p.rstd[row] = rs;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- host side
+inline int device_sm_count() {
+  int dev = 0, n = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+  return n > 0 ? n : 1;
+}
+
+// Scratch bytes the TF32 kernel needs for the re-laid-out input: N*D*H planes plus a zero plane.
+inline size_t workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H) {
+  return (size_t)(N * D * H + 1) * plane_bytes((int)Cin);
+}
+
+// The driver's tensor-map encoder, reached through the runtime (no link against libcuda).
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (!encode)
+    throw std::runtime_error(
+        "fused_conv_transpose3d_ln_gelu_scale: the CUDA driver has no cuTensorMapEncodeTiled (needs CUDA 12+)");
+  return encode;
+}
+
+// The TMA descriptor of the re-laid-out input: p.xt as the 5-D tensor (ci%4, id, row, ih, n) with
+// row = (ci/4)*34 + rho, and a box of (4, 2, box_rows, 1, 1). The box lands in shared memory as
+// [row][id, id + 1][ci%4]: the two planes interleaved row by row. Out-of-range id / ih read zeros.
+template <int CIN>
+CUtensorMap make_x_tensor_map(const Params& p) {
+  const Geometry& g = p.g;
+  const cuuint64_t pb = plane_bytes(CIN);
+  const cuuint64_t dims[5] = {4, (cuuint64_t)g.D, (cuuint64_t)(CIN / 4 * kPlaneRows), (cuuint64_t)g.H,
+                              (cuuint64_t)g.N};
+  const cuuint64_t strides[4] = {pb * g.H, 16, pb, pb * g.H * g.D};
+  const cuuint32_t box[5] = {4, 2, (cuuint32_t)box_rows(CIN), 1, 1};
+  const cuuint32_t estrides[5] = {1, 1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 5, p.xt, dims, strides, box,
+                                          estrides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error(
+        "fused_conv_transpose3d_ln_gelu_scale: cuTensorMapEncodeTiled failed for the re-laid-out input (error " +
+        std::to_string((int)r) + ")");
+  return map;
+}
+
+// Units per class and the blocks given to each (at most `sms` in all, so that every block is
+// resident at once): proportional to the class's units, at least one for a non-empty class.
+inline void plan_blocks(Geometry& g, int sms) {
+  int64_t total = 0;
+  for (int c = 0; c < 4; ++c) {
+    const int cd = (c >> 1) ? g.cntD1 : g.cntD0, ch = (c & 1) ? g.cntH1 : g.cntH0;
+    g.units[c] = g.N * ((cd + 1) / 2) * ch;
+    total += g.units[c];
+  }
+  int nb[4] = {0, 0, 0, 0}, sum = 0;
+  for (int c = 0; c < 4; ++c) {
+    if (g.units[c] == 0) continue;
+    nb[c] = (int)std::max<int64_t>(1, (int64_t)sms * g.units[c] / std::max<int64_t>(total, 1));
+    nb[c] = std::min(nb[c], g.units[c]);
+    sum += nb[c];
+  }
+  while (sum > sms) {  // only when sms < 4 non-empty classes' minimum; take from the largest
+    int c = 0;
+    for (int i = 1; i < 4; ++i)
+      if (nb[i] > nb[c]) c = i;
+    if (nb[c] <= 1) break;
+    --nb[c];
+    --sum;
+  }
+  while (sum < sms) {  // the spare blocks to the classes with the most units per block
+    int best = -1;
+    for (int c = 0; c < 4; ++c)
+      if (nb[c] > 0 && nb[c] < g.units[c] &&
+          (best < 0 || (int64_t)g.units[c] * nb[best] > (int64_t)g.units[best] * nb[c]))
+        best = c;
+    if (best < 0) break;
+    ++nb[best];
+    ++sum;
+  }
+  g.block0[0] = 0;
+  for (int c = 0; c < 4; ++c) g.block0[c + 1] = g.block0[c] + nb[c];
+}
+
+// The TMA descriptor of y for the tile stores: y as the 4-D tensor [n*64 + co][od][oh][ow] and a
+// box of 32 ow x 1 x 1 x 64 co (half an output row of every channel), 128-byte swizzled in shared
+// memory (16-byte chunk c of a 128-byte tile row co sits at c ^ (co & 7)).
+inline CUtensorMap make_y_tensor_map(const Params& p) {
+  const Geometry& g = p.g;
+  const cuuint64_t row = 64 * sizeof(float);
+  const cuuint64_t dims[4] = {64, (cuuint64_t)g.Hout, (cuuint64_t)g.Dout, (cuuint64_t)g.N * 64};
+  const cuuint64_t strides[3] = {row, row * g.Hout, row * g.Hout * g.Dout};
+  const cuuint32_t box[4] = {32, 1, 1, 64};
+  const cuuint32_t estrides[4] = {1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.y, dims, strides, box, estrides,
+                                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error(
+        "fused_conv_transpose3d_ln_gelu_scale: cuTensorMapEncodeTiled failed for output 'y' (error " +
+        std::to_string((int)r) + ")");
+  return map;
+}
+
+template <int CIN>
+constexpr size_t tc_smem_bytes() {
+  return 2 * (size_t)kTileBytes + (size_t)kSlots * slot_bytes(CIN) + kXchgBytes + 512 + 8 * 2 * kSlots;
+}
+
+// Input re-layout + weight re-layout + the fused kernel. p.xt must point to workspace_bytes().
+template <int CIN, bool TANH, int MODE = 0, int OPT = 0>
+void launch_tc(const Params& p_in, const float* w, cudaStream_t stream) {
+  constexpr size_t smem = tc_smem_bytes<CIN>();
+  static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
+  static const bool configured = [] {
+    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         (int)smem);
+    return true;
+  }();
+  (void)configured;
+  Params p = p_in;
+  Geometry& g = p.g;
+  plan_blocks(g, device_sm_count());
+  relayout_input_kernel<CIN>
+      <<<(unsigned)((int64_t)g.N * g.D + 1), 256, 0, stream>>>(p.x, reinterpret_cast<float4*>(p.xt), g);
+  const int prep_n = 8 * CIN * 128 * 4;
+  prep_weights_kernel<CIN><<<(prep_n + 255) / 256, 256, 0, stream>>>(w, g.pw, p.variant);
+  const CUtensorMap xmap = make_x_tensor_map<CIN>(p);
+  const CUtensorMap ymap = make_y_tensor_map(p);
+  fused_conv_tc_kernel<CIN, TANH, MODE><<<g.block0[4], kThreads, smem, stream>>>(p, xmap, ymap);
+}
+
+template <bool TANH>
+void launch_tc_cin(const Params& p, const float* w, cudaStream_t stream) {
+  switch (p.g.Cin) {
+    case 8: launch_tc<8, TANH>(p, w, stream); break;
+    case 16: launch_tc<16, TANH>(p, w, stream); break;
+    case 24: launch_tc<24, TANH>(p, w, stream); break;
+    default: launch_tc<32, TANH>(p, w, stream); break;
+  }
+}
+
+// Geometry and pointers for one call; throws std::invalid_argument for an unsupported shape.
+inline Params make_params(const float* x, const float* conv_bias, const float* gamma, const float* beta, float* y,
+                          float* mean, float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W,
+                          int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
+                          float eps, float factor, int variant) {
+  const std::string why = fused_conv_unsupported_reason(
+      {N, Cin, D, H, W}, {Cin, Cout, 4, 4, 4}, {2, 2, 2}, {pad_d, pad_h, pad_w}, {out_pad_d, out_pad_h, out_pad_w},
+      fused_conv_limits::kWout);
+  if (!why.empty()) throw std::invalid_argument("fused_conv_transpose3d_ln_gelu_scale: " + why);
+  Params p{};
+  Geometry& g = p.g;
+  g.N = (int)N;
+  g.Cin = (int)Cin;
+  g.D = (int)D;
+  g.H = (int)H;
+  g.W = (int)W;
+  g.Dout = (int)((D - 1) * 2 - 2 * pad_d + 4 + out_pad_d);
+  g.Hout = (int)((H - 1) * 2 - 2 * pad_h + 4 + out_pad_h);
+  g.pd = pad_d;
+  g.ph = pad_h;
+  g.pw = pad_w;
+  // od with (od + pd) & 1 == par: od = od0 + 2i, od0 = (par + pd) & 1.
+  g.od00 = pad_d & 1;
+  g.od01 = (1 + pad_d) & 1;
+  g.oh00 = pad_h & 1;
+  g.oh01 = (1 + pad_h) & 1;
+  g.cntD0 = (g.Dout - g.od00 + 1) / 2;
+  g.cntD1 = (g.Dout - g.od01 + 1) / 2;
+  g.cntH0 = (g.Hout - g.oh00 + 1) / 2;
+  g.cntH1 = (g.Hout - g.oh01 + 1) / 2;
+  g.b1 = g.N * g.cntD0 * g.cntH0;
+  g.b2 = g.b1 + g.N * g.cntD0 * g.cntH1;
+  g.b3 = g.b2 + g.N * g.cntD1 * g.cntH0;
+  g.total = g.b3 + g.N * g.cntD1 * g.cntH1;
+  p.x = x;
+  p.bias = conv_bias;
+  p.gamma = gamma;
+  p.beta = beta;
+  p.y = y;
+  p.mean = mean;
+  p.rstd = rstd;
+  p.eps = eps;
+  p.factor = factor;
+  p.variant = variant;
+  return p;
+}
+
+// The launcher behind launch_fused_conv_transpose3d_ln_gelu_scale; `variant` exists for the
+// standalone check's layout probe only. `workspace` (workspace_bytes(), 16-byte aligned) is used
+// by the TF32 kernel only; the precise kernel ignores it.
+inline void launch(const float* x, const float* w, const float* conv_bias, const float* gamma, const float* beta,
+                   float* y, float* mean, float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W,
+                   int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
+                   float eps, bool tanh_gelu, float factor, bool precise, void* workspace,
+                   cudaStream_t stream, int variant = kDefaultVariant) {
+  Params p = make_params(x, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
+                               out_pad_d, out_pad_h, out_pad_w, eps, factor, variant);
+  const Geometry& g = p.g;
+  if (g.total == 0) return;
+  if (precise) {
+    const size_t smem = (size_t)Cin * 4 * 34 * sizeof(float);
+    if (tanh_gelu)
+      fused_conv_fp32_kernel<true><<<g.total, 64, smem, stream>>>(p, w);
+    else
+      fused_conv_fp32_kernel<false><<<g.total, 64, smem, stream>>>(p, w);
+    return;
+  }
+  if (workspace == nullptr)
+    throw std::invalid_argument("fused_conv_transpose3d_ln_gelu_scale: the TF32 kernel needs a workspace of " +
+                                std::to_string(workspace_bytes(N, Cin, D, H)) + " bytes");
+  p.xt = static_cast<float*>(workspace);
+  if (tanh_gelu)
+    launch_tc_cin<true>(p, w, stream);
+  else
+    launch_tc_cin<false>(p, w, stream);
+}
+
+}  // namespace fused_conv_detail
+}  // namespace minidl
