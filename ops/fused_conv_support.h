@@ -4,7 +4,8 @@
 // very rule the kernel enforces, and the two cannot disagree.
 //
 // The kernel splits the stride-2, kernel-4 transposed convolution into its 8 parity phases and
-// keeps one phase class's weights resident in registers (64 output channels x 8 taps x Cin), so
+// keeps one phase class's weights resident in shared memory (64 output channels x 8 taps x Cin x
+// both ow parities: 128 KB at Cin 32), so
 // it needs: stride 2 and kernel 4 in every dim, Cout = 64, Cin a multiple of 8 up to 32, and an
 // output row of exactly 64 values (W_out = 64, the LayerNorm's normalized size).
 #pragma once
@@ -23,7 +24,7 @@ namespace minidl {
 namespace fused_conv_limits {
 constexpr int64_t kCout = 64;    // output channels the tile covers
 constexpr int64_t kWout = 64;    // output row length == LayerNorm normalized size
-constexpr int64_t kMaxCin = 32;  // weights of one phase class must fit in registers
+constexpr int64_t kMaxCin = 32;  // weights of one phase class must fit in shared memory
 constexpr int64_t kMaxRows = int64_t(1) << 30;  // N * D_out * H_out rows, indexed in 32 bits
 }  // namespace fused_conv_limits
 

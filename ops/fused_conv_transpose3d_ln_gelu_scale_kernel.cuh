@@ -5,38 +5,44 @@
 // bench/standalone/fused_conv_check.cu; it needs only the CUDA runtime (the driver's tensor-map
 // encoder is reached through cudaGetDriverEntryPointByVersion).
 //
-// How the TF32 kernel works (numbers for Cin = 32; bench/NOTES.md has the measurements):
+// How the TF32 kernel works (v9; numbers for Cin = 32; bench/NOTES.md has the measurements):
 //  * Phases. Output od receives x[id] through tap kd = td - 2 id with td = od + pad_d, so only
 //    kd in {td&1, (td&1)+2} (id = td>>1 and id = (td>>1)-1) contribute; the same in h and w. The
 //    parity class (td&1, th&1) of an output row fixes its 4 (kd, kh) taps. Along w, outputs
 //    ow = 2u + q (u = 0..31, q = ow parity) use taps kw = ((q+pw)&1) + 2c, c in {0,1}, at
 //    iw = u + ((q+pw)>>1) - c.
-//  * Work item = one output row (n, od, oh): all 64 co x all 64 ow, K = Cin x 8 taps = 256.
-//    Per ow parity q it is the GEMM D[co 64][u 32] = W_q[co][k] * X[k][u]; wgmma m64n32k8 with
-//    A (weights) from registers and B (inputs) from shared memory (32 k-steps per row and q).
-//  * Input re-layout (v7). A small pre-kernel writes x once more as planes, one per (n, id, ih):
+//  * Work unit = a row pair: rows A = (n, od, oh) and B = (n, od + 2, oh) of one parity class,
+//    all 64 co x all 64 ow of both, K = Cin x 8 taps = 256. Per ow parity q it is the GEMM
+//    D[co 64][n 64] = W_q[co][k] * X[k][n] with n = 2u + r (r = 0: row A, 1: row B), one wgmma
+//    m64n64k8 per k-step, both operands from shared memory (SS): 64 wgmmas per unit.
+//  * Input re-layout. A pre-kernel writes x once more as planes, one per (n, id, ih):
 //    [ci/4][rho][ci%4] with rho = iw - iw_min over 34 rows (zeros outside [0, W)), TF32-rounded.
-//    That is exactly the K-major, no-swizzle layout wgmma wants (a core matrix = 8 u-rows x 4
-//    channels = 128 contiguous bytes; the next 4 channels are LBO on), so one plane is one
-//    contiguous 4352-byte bulk copy (cp.async.bulk, completing on an mbarrier), issued by one
-//    lane, and the shift by tap c or parity q is a 16-byte offset of the descriptor's start
-//    address: an implicit im2col with no copies. A zero plane at the end stands in for every
-//    out-of-range (id, ih).
-//  * Warp specialization. Warpgroups 0 and 1 (q = 0, 1) keep the A fragments of their parity for
-//    all of K (128 registers) and run the tensor cores with two accumulator sets: row r's wgmmas
-//    are issued before row r-1's results are reduced and staged, so the tensor pipe is fed across
-//    rows. Warp 0 also issues the bulk copies kAhead rows ahead. Warpgroups 2 and 3 run
-//    LayerNorm / GELU / scale, write the finished 64 x 64 tile to shared memory and one thread
-//    stores it with a single TMA tensor store (4-D box: 64 ow x 64 co). setmaxnreg splits the
-//    register file 192 / 64. The roles meet in a double-buffered staging tile handed over with
-//    mbarriers (full / empty). Weights are loaded once per class change (a persistent block walks
-//    a contiguous range of items sorted by class).
-//  * Inputs: an item needs 4 input planes (id0 - a, ih0 - b), a, b in {0, 1}, kept as two plane
-//    pairs (one per ih) in a ring of kPairSlots slots; row oh + 2 of the same (class, n, od) has
-//    ih0 + 1, so it reuses one pair and loads one new pair.
-//  * LayerNorm statistics: each MMA warpgroup reduces its 32 accumulators per row to (sum, sum of
-//    squared deviations) and stores them beside the tile; the epilogue merges the two parities
-//    (Chan et al.), so it needs no shuffles.
+//    A TMA tensor load then takes the planes id and id + 1 of one ih and interleaves them row by
+//    row: [ci/4][rho][r][ci%4], 16-byte rows. That is the K-major, no-swizzle layout wgmma wants
+//    for B (a core matrix = 8 n-rows x 4 channels = 128 contiguous bytes, the next 4 channels are
+//    LBO on), and the shift by tap c or parity q is a 32-byte offset of the descriptor's start
+//    address: an implicit im2col for two rows at once, with no copies. Out-of-range id / ih come
+//    back as zeros from the TMA unit.
+//  * Inputs of a unit: for tap (a, b) it reads the interleaved pair (id0 - a, id0 - a + 1) of
+//    input row ih0 - b. A ring slot holds one input row ih (both a); the next unit of the same
+//    (n, od) has ih0 + 1, so it reuses one slot and loads one. One producer thread issues them.
+//  * Weights of the block's parity class (both q, all of K: 128 KB) stay in shared memory, in
+//    the A operand's core-matrix layout, loaded once: each block works on one class only.
+//  * Warp specialization. Warpgroup 0 is the producer (one thread used); warpgroups 1-3 are
+//    consumers that take the block's units in turn: wait for the unit's two ring slots, issue its
+//    64 wgmmas, wait, release the slots, then run bias-free LayerNorm -> GELU -> scale on the 64
+//    accumulators in registers. While one consumer runs its epilogue the others keep the tensor
+//    cores busy. setmaxnreg: 40 registers for the producer, 152 for the consumers.
+//  * Stores. Each warp turns 8 rows x 64 values at a time around in a 2 KB shared scratch, so that
+//    every 16-byte store instruction writes two whole 256-byte rows of y.
+//  * LayerNorm statistics: a thread holds 16 of a row's 64 values (both parities); the row's
+//    four threads are one quad, so two shuffles finish each sum (two passes: mean, then squared
+//    deviations). The (mean, rstd) pairs go to a unit-ordered scratch in the workspace (64-byte
+//    runs) and a small second kernel puts them into mean / rstd [n][co][od][oh] with whole-sector
+//    writes: written in place they were 4-byte writes into sectors shared with the other oh
+//    parity's block, and cost 0.19 ms of the kernel's time (bench/NOTES.md).
+//  * Shared memory per unit: 2048 wavefronts of wgmma operands (SS m64n64k8 reads 4 KB per 32
+//    tensor cycles), 512 of store scratch, 136 of input loads: the kernel's floor is there.
 //  * All element offsets into x, y, mean and rstd are 64-bit.
 // The precise (FP32) kernel is a plain direct convolution per row with the same epilogue.
 #pragma once
@@ -54,46 +60,47 @@
 namespace minidl {
 namespace fused_conv_detail {
 
-constexpr int kThreads = 512;   // warpgroups 0, 1: tensor cores (q = ow parity); 2, 3: epilogue
-// setmaxnreg split of the register file (2 * mma + 2 * epi = 4 * 128): the MMA warps hold 128
-// weight registers, 16 accumulators per set and addressing.
-constexpr int kMmaRegsDb = 192, kEpiRegsDb = 64;  // two accumulator sets
-constexpr int kMmaRegs1 = 176, kEpiRegs1 = 80;    // one accumulator set
-// Build options of the TF32 kernel (template parameter OPT, bit mask; 0 = the default build). They
-// exist to measure the alternatives in the same run (bench/standalone/fused_conv_check.cu).
-constexpr int kOptDirectStores = 1;  // epilogue stores y with st.global.cs instead of TMA tile stores
-constexpr int kOptOneAccSet = 2;     // one accumulator set: each row's wgmmas complete before it is staged
+constexpr int kThreads = 512;   // warpgroup 0: producer (warp 0); warpgroups 1-3: consumers
+constexpr int kConsumers = 3;
+// setmaxnreg split of the register file (128 * 40 + 384 * 152 <= 64K): the consumers hold 64
+// accumulators, the 32 gamma / beta values of their columns and the epilogue's temporaries.
+constexpr int kProducerRegs = 40, kConsumerRegs = 152;
 constexpr int kPlaneRows = 34;  // input plane rows per channel group: rho = iw - iw_min, 32 u + 2 taps
-constexpr int kPairSlots = 16;  // ring of input plane pairs
-constexpr int kAhead = 4;       // rows whose inputs are loaded ahead of the row being computed
-constexpr int kStageLd = 72;    // staging row per co: [q0: 32 u][q1: 32 u][8 pad] (bank-conflict free)
-constexpr int kOutTiles = 3;    // finished 64 x 64 tiles waiting for their TMA store
+constexpr int kSlots = 4;       // ring of input rows (one ih, both kd taps), 17 KB each at Cin 32
 constexpr int kMaxCin = 32;
 // Bytes of one re-laid-out input plane (n, id, ih): [Cin/4][kPlaneRows][4] floats.
 constexpr uint32_t plane_bytes(int cin) { return (uint32_t)(cin / 4) * kPlaneRows * 16; }
-// Slots hold the pairs of rows r-1 .. r+kAhead (at most 2 new pairs per row, plus one shared).
-static_assert(2 * (kAhead + 1) + 1 < kPairSlots, "pair ring too small for the load-ahead distance");
-static_assert((kPairSlots & (kPairSlots - 1)) == 0, "kPairSlots must be a power of two");
-// Bit 0: alternative A-fragment k order; bit 1: swapped LBO/SBO. The standalone check probes all
-// four on the device; 0 is the documented PTX layout.
+// Two planes (id, id + 1) interleaved row by row, one ring slot (taps a = 0, 1), the weights of a
+// class (both parities, K = 8 Cin, 64 co), and the rows of one TMA box (at most 256 per box).
+constexpr uint32_t pair_bytes(int cin) { return 2 * plane_bytes(cin); }
+constexpr uint32_t slot_bytes(int cin) { return 2 * pair_bytes(cin); }
+constexpr uint32_t weight_bytes(int cin) { return 2u * cin * 2048; }
+constexpr int box_count(int cin) { return cin / 4 * kPlaneRows > 256 ? 2 : 1; }
+constexpr int box_rows(int cin) { return cin / 4 * kPlaneRows / box_count(cin); }
+// Bit 1: swapped LBO/SBO in the descriptors. The standalone check probes the variants on the
+// device; 0 is the documented PTX layout (bit 0 had a meaning for register A fragments only).
 constexpr int kDefaultVariant = 0;
 
-// Weights re-laid out per (class, q, k-step, thread) in exactly the A-fragment register order
-// (and rounded to TF32), so each thread loads its 128 registers with 32 coalesced 16-byte loads.
-__device__ float4 g_wprep[4 * 2 * kMaxCin * 128];
+// Weights re-laid out per (class, q, k-step) as the A operand's shared-memory image: 2 KB per
+// k-step, [kc 2][co/8][co%8][4 channels], TF32-rounded. A block copies its class's 128 KB once.
+__device__ float4 g_wsmem[4 * 2 * kMaxCin * 128];
 
 struct Geometry {
   int N, Cin, D, H, W, Dout, Hout;
   int pd, ph, pw;
   int cntD0, cntD1, cntH0, cntH1;  // rows per parity of (od + pd), (oh + ph)
   int od00, od01, oh00, oh01;      // first od (oh) of each parity
-  int b1, b2, b3, total;           // items of class c are [b_c, b_{c+1}), class = pd_par*2 + ph_par
+  int b1, b2, b3, total;           // rows of class c are [b_c, b_{c+1}), class = pd_par*2 + ph_par
+  int units[4];                    // row pairs (od, od + 2) per class
+  int unit0[4];                    // index of class c's first unit among all units
+  int block0[5];                   // blocks of class c are [block0[c], block0[c+1]) (TF32 kernel)
 };
 
 struct Params {
   Geometry g;
   const float* x;
   float* xt;  // re-laid-out input planes (workspace_bytes()), written by relayout_input_kernel
+  float2* stats;  // (mean, rstd) per row in unit order [unit][r][co], in the workspace after xt
   const float* bias;
   const float* gamma;
   const float* beta;
@@ -147,18 +154,43 @@ __device__ __forceinline__ bool advance_item(const Geometry& g, Item& it) {
   return false;
 }
 
+
+// A unit of the TF32 kernel: rows (n, od, oh) and (n, od + 2, oh) of one class. Units of a class
+// are ordered oh fastest, then od pairs (od advances by 4), then n.
+struct Unit {
+  int n, od, oh;
+};
+__device__ __forceinline__ int first_od(const Geometry& g, int cls) { return (cls >> 1) ? g.od01 : g.od00; }
+__device__ __forceinline__ int first_oh(const Geometry& g, int cls) { return (cls & 1) ? g.oh01 : g.oh00; }
+__device__ __forceinline__ Unit decode_unit(const Geometry& g, int cls, int j) {
+  const int ch = (cls & 1) ? g.cntH1 : g.cntH0;
+  const int cdp = (((cls >> 1) ? g.cntD1 : g.cntD0) + 1) >> 1;
+  Unit u;
+  u.oh = first_oh(g, cls) + 2 * (j % ch);
+  j /= ch;
+  u.od = first_od(g, cls) + 4 * (j % cdp);
+  u.n = j / cdp;
+  return u;
+}
+// The next unit; true when it is row oh + 2 of the same (n, od) pair (one input row shared).
+__device__ __forceinline__ bool advance_unit(const Geometry& g, int cls, Unit& u) {
+  u.oh += 2;
+  if (u.oh < g.Hout) return true;
+  u.oh = first_oh(g, cls);
+  u.od += 4;
+  if (u.od < g.Dout) return false;
+  u.od = first_od(g, cls);
+  ++u.n;
+  return false;
+}
+
 // ---------------------------------------------------------------- small PTX wrappers
-using ptx::bulk_commit;
 using ptx::bulk_load;
-using ptx::bulk_wait_all;
-using ptx::bulk_wait_read;
-using ptx::fence_proxy_async_smem;
 using ptx::mbar_arrive;
 using ptx::mbar_arrive_expect;
 using ptx::mbar_init;
 using ptx::mbar_init_fence;
 using ptx::mbar_wait;
-using ptx::policy_evict_first;
 using ptx::smem_u32;
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -169,14 +201,15 @@ __device__ __forceinline__ void wgmma_wait() {
 // Keeps the compiler from moving accumulator reads/writes across the wgmma fence/wait.
 __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 
-// TMA tensor store of the box at coordinates (c0..c3) from shared memory, as a bulk group, with an
-// L2 policy. `map` is the address of a __grid_constant__ CUtensorMap kernel parameter.
-__device__ __forceinline__ void tma_store_4d(const void* map, uint32_t src, int c0, int c1, int c2, int c3,
-                                             uint64_t policy) {
+// TMA tensor load of the 5-D box at coordinates (c0..c4) into shared memory, completing its bytes
+// on the mbarrier `bar`; out-of-range elements are filled with zeros. `map` is the address of a
+// __grid_constant__ CUtensorMap kernel parameter.
+__device__ __forceinline__ void tma_load_5d(const void* map, uint32_t dst, uint32_t bar, int c0, int c1, int c2,
+                                            int c3, int c4) {
   asm volatile(
-      "cp.async.bulk.tensor.4d.global.shared::cta.bulk_group.L2::cache_hint [%0, {%2, %3, %4, %5}], [%1], %6;\n" ::"l"(
-          reinterpret_cast<uint64_t>(map)),
-      "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "l"(policy)
+      "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6, "
+      "%7}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4)
       : "memory");
 }
 
@@ -186,19 +219,27 @@ __device__ __forceinline__ float tf32_round(float v) {
   return __uint_as_float(r);
 }
 
-// D[64 x 32] (+)= A[64 x 8] (registers, tf32) * B[8 x 32] (shared memory, K-major, descriptor).
+// D[64 x 64] (+)= A[64 x 8] * B[8 x 64], TF32, both operands from shared memory (descriptors).
 template <int ScaleD>
-__device__ __forceinline__ void wgmma_m64n32k8(float (&d)[16], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                               uint64_t desc) {
+__device__ __forceinline__ void wgmma_m64n64k8_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k8.f32.tf32.tf32 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-      "{%16, %17, %18, %19}, %20, p, 1, 1;\n}\n"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, p, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "n"(ScaleD)
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "n"(ScaleD)
       : "memory");
+}
+// Shared-memory matrix descriptor, no swizzle: start address, LBO (next core matrix along K),
+// SBO (next 8 rows along M or N); variant bit 1 swaps the two (layout probe only).
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo, int variant) {
+  const uint32_t l = (variant & 2) ? sbo : lbo, s = (variant & 2) ? lbo : sbo;
+  return (uint64_t)((addr >> 4) & 0x3FFF) | ((uint64_t)(l >> 4) << 16) | ((uint64_t)(s >> 4) << 32);
 }
 
 template <bool TANH>
@@ -211,32 +252,24 @@ __device__ __forceinline__ float gelu_f(float v) {
 }
 
 // ---------------------------------------------------------------- weight re-layout (TF32 path)
-// g_wprep[((cls*2 + q)*CIN + s)*128 + thread].e = A fragment register e of k-step s for that
-// thread of warpgroup q. k order: k-step s = ((a*2 + b)*2 + c)*(CIN/8) + ci8 covers taps
-// (kd, kh, kw) = (pd_par + 2a, ph_par + 2b, ((q+pw)&1) + 2c) and channels ci = 8 ci8 + kcol,
-// kcol = 0..7 (the slab's 16-byte core-matrix rows hold 4 consecutive channels).
+// g_wsmem, as floats: [((cls*2 + q)*CIN + s)*512 + kc*256 + (co/8)*32 + (co%8)*4 + j] = W of
+// channel ci = 8 ci8 + 4 kc + j, output channel co, taps (kd, kh, kw) = (pd_par + 2a,
+// ph_par + 2b, ((q+pw)&1) + 2c), where k-step s = ((a*2 + b)*2 + c)*(CIN/8) + ci8. A k-step is
+// one 2 KB A operand of wgmma m64n64k8 (K-major, no swizzle): LBO 1024 (kc), SBO 128 (co/8).
 template <int CIN>
-__global__ void prep_weights_kernel(const float* __restrict__ w, int pw, int variant) {
+__global__ void prep_weights_kernel(const float* __restrict__ w, int pw) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= 8 * CIN * 128 * 4) return;
-  const int e = idx & 3;
-  const int thr = (idx >> 2) & 127;
-  const int s = (idx >> 9) % CIN;
-  const int cq = (idx >> 9) / CIN;
+  if (idx >= 4 * 2 * CIN * 512) return;
+  const int j = idx & 3, r = (idx >> 2) & 7, mg = (idx >> 5) & 7, kc = (idx >> 8) & 1;
+  const int s = (idx >> 9) % CIN, cq = (idx >> 9) / CIN;
   const int q = cq & 1, cls = cq >> 1;
-  const int pdp = cls >> 1, php = cls & 1;
-  const int wq = thr >> 5, lane = thr & 31, g = lane >> 2, t = lane & 3;
-  const int co = 16 * wq + g + 8 * (e & 1);                              // rows g / g+8
-  const int kcol = (variant & 1) ? (2 * t + (e >> 1)) : (t + 4 * (e >> 1));  // cols t / t+4
   const int ci8 = s % (CIN / 8), t3 = s / (CIN / 8);
   const int c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
-  const int ci = 8 * ci8 + kcol;
-  const int kd = pdp + 2 * a, kh = php + 2 * b, kw = ((q + pw) & 1) + 2 * c;
-  const float v = w[(((ci * 64 + co) * 4 + kd) * 4 + kh) * 4 + kw];
-  reinterpret_cast<float*>(g_wprep)[idx] = tf32_round(v);
+  const int co = 8 * mg + r, ci = 8 * ci8 + 4 * kc + j;
+  const int kd = (cls >> 1) + 2 * a, kh = (cls & 1) + 2 * b, kw = ((q + pw) & 1) + 2 * c;
+  reinterpret_cast<float*>(g_wsmem)[idx] = tf32_round(w[(((ci * 64 + co) * 4 + kd) * 4 + kh) * 4 + kw]);
 }
 
-// ---------------------------------------------------------------- TF32 tensor-core kernel
 __device__ __forceinline__ float ex2_approx(float v) {
   float r;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(v));
@@ -245,11 +278,10 @@ __device__ __forceinline__ float ex2_approx(float v) {
 
 // gelu(x), exact-erf GELU with one MUFU op: with a = min(|x|, 6), Q(a) = erfc(a/sqrt2)/2 = 2^-P(a)
 // and gelu(x) = max(x, 0) - a Q(a) for either sign. P is a degree-5 polynomial fitted (weighted
-// minimax, weight a Q(a) ln 2, i.e. the error it makes in gelu) to -log2 Q on [0, 6]: fit error
-// 4.4e-7 there, 5.0e-7 evaluated in float; beyond 6, a Q(a) < 6e-9, and the clamp keeps
-// gelu(+inf) = +inf.
+// minimax, weight a Q(a) ln 2, i.e. the error it makes in gelu) to -log2 Q on [0, 6]: |gelu error|
+// <= 4.4e-7 there; beyond 6, a Q(a) < 6e-9 and the clamp keeps inf finite (gelu(+inf) = +inf).
 // 9 instructions (5 FFMA, MUFU.EX2, 2 FMNMX, 1 FFMA) against 14 with two MUFU ops for
-// Abramowitz & Stegun 7.1.26 (kernels_history/fused_conv_v7.cu); bench/NOTES.md has the fit.
+// Abramowitz & Stegun 7.1.26 (kernels_history/fused_conv_v7.cu). bench/NOTES.md has the fit.
 __device__ __forceinline__ float gelu_erf_fast(float x) {
   const float a = fminf(fabsf(x), 6.0f);
   float e = fmaf(a, -0.00047329801600426435f, 0.007084488403052092f);  // e = -P(a)
@@ -298,384 +330,331 @@ __global__ void relayout_input_kernel(const float* __restrict__ x, float4* __res
   }
 }
 
-// Named barrier among a subset of the block's threads.
-__device__ __forceinline__ void bar_sync(int id, int count) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-constexpr int kBarMma = 1;  // the two MMA warpgroups, once per row: both passed the previous row
-constexpr int kBarEpi = 2;  // the two epilogue warpgroups, once per row: the output tile is written
-// The staging tiles are handed between the roles with mbarriers on which every thread of the
-// handing role arrives: full[b] (count 256: the MMA threads, after writing tile b) and empty[b]
-// (count 256: the epilogue threads, after reading it). Named barriers with bar.arrive are just as
-// correct, but compute-sanitizer racecheck then reports hazards on correct code
-// (bench/standalone/racecheck_probe.cu), which would hide real ones.
-constexpr int kStageTiles = 2;                    // staging tiles in the ring (3 measured no faster)
-constexpr int kBarBytes = 8 * (2 * kStageTiles + kPairSlots);  // stage full/empty, slab pair full
-__device__ __forceinline__ void init_stage_bars(uint32_t bars, int tid) {
-  if (tid < 2 * kStageTiles) mbar_init(bars + 8 * tid, 256);
-}
-// Item k uses tile k % kStageTiles for the (k / kStageTiles)-th time.
-__device__ __forceinline__ int stage_tile(int k) { return k % kStageTiles; }
-__device__ __forceinline__ void signal_stage_full(uint32_t bars, int k) { mbar_arrive(bars + 8 * stage_tile(k)); }
-__device__ __forceinline__ void wait_stage_full(uint32_t bars, int k) {
-  mbar_wait(bars + 8 * stage_tile(k), (uint32_t)((k / kStageTiles) & 1));
-}
-__device__ __forceinline__ void signal_stage_empty(uint32_t bars, int k) {
-  mbar_arrive(bars + 8 * (kStageTiles + stage_tile(k)));
-}
-// The MMA side, before writing item k into its tile: the epilogue has read item k - kStageTiles.
-__device__ __forceinline__ void wait_stage_empty(uint32_t bars, int k) {
-  if (k >= kStageTiles) mbar_wait(bars + 8 * (kStageTiles + stage_tile(k)), (uint32_t)((k / kStageTiles - 1) & 1));
-}
-
-// The epilogue warpgroups of the TF32 kernel: for each item, wait for its staging tile, read
-// it, hand the tile back, then bias-free LayerNorm (statistics merged from the MMA warps' partial
-// sums) -> GELU -> scale into an output tile [co][ow] in shared memory, which thread 0 of the
-// role stores with one TMA tensor store; the row's mean and rstd are stored directly.
-// 8 lanes own one co row of 64 values (lane l8: ow = 4*l8..+3 and 32+4*l8..+3), two rows per
-// thread and item; rows co and co+2 share a half warp (disjoint banks with kStageLd = 72).
-// Output tile k % kOutTiles is rewritten only after the TMA store that last read it has finished
-// reading (thread 0 waits for that before the per-row barrier).
-template <bool TANH, int MODE, bool kEpi, bool TMA_STORE>
-__device__ __forceinline__ void fused_conv_epilogue(const Params& p, const void* ymap, const float* stages,
-                                                    int stage_floats, float* outs, uint32_t stage_bars, int it0,
-                                                    int it1, int ew, int lane, int etid) {
+// The consumer's epilogue for one unit, from the accumulators (rows co0 = 16 w4 + g8 and co0 + 8,
+// columns n = 8j + 2t + r of both parities): LayerNorm statistics by quad shuffles, then per
+// output row group (8 co of one row) LN -> GELU -> scale into the warp's 2 KB scratch and back
+// out as float4 along ow, so that every 16-byte store instruction writes two whole rows (8-byte
+// stores straight from the fragment hit eight rows each, and took longer). The scratch's 8-byte
+// slots are XOR-swizzled by row: conflict-free both ways.
+template <bool TANH, bool kMath, bool kYStore>
+__device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc0)[32], const float (&acc1)[32],
+                                              const Unit& u, const float (&gam)[16], const float (&bet)[16],
+                                              const float (&bias_r)[2], float* scratch, int w4, int lane,
+                                              int ustat) {
   const Geometry& g = p.g;
-  const int qq = lane >> 3, l8 = lane & 7;
-  const int rsub = ((qq & 1) << 1) | (qq >> 1);
-  const int co_r0 = ew * 8 + rsub;  // rows co_r0 and co_r0 + 4
-  float gam[8], bet[8];
+  const int g8 = lane >> 2, t = lane & 3;
+  // LayerNorm statistics of the thread's four rows e = (co half, r): 16 values each here, the
+  // other 48 in the three other lanes of the quad; two passes (mean, then squared deviations).
+  float mu[4], rs[4];
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    gam[j] = p.gamma ? p.gamma[4 * l8 + j] : 1.f;
-    gam[4 + j] = p.gamma ? p.gamma[32 + 4 * l8 + j] : 1.f;
-    bet[j] = p.beta ? p.beta[4 * l8 + j] : 0.f;
-    bet[4 + j] = p.beta ? p.beta[32 + 4 * l8 + j] : 0.f;
+  for (int e = 0; e < 4; ++e) {
+    float sm = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) sm += acc0[4 * j + e] + acc1[4 * j + e];
+    sm += __shfl_xor_sync(0xffffffffu, sm, 1);
+    sm += __shfl_xor_sync(0xffffffffu, sm, 2);
+    const float m = sm * (1.f / 64.f);
+    float d2 = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float d0 = acc0[4 * j + e] - m, d1 = acc1[4 * j + e] - m;
+      d2 = fmaf(d0, d0, fmaf(d1, d1, d2));
+    }
+    d2 += __shfl_xor_sync(0xffffffffu, d2, 1);
+    d2 += __shfl_xor_sync(0xffffffffu, d2, 2);
+    mu[e] = m;
+    rs[e] = rsqrtf(d2 * (1.f / 64.f) + p.eps);
   }
-  float bias_r[2];
-  bias_r[0] = p.bias ? p.bias[co_r0] : 0.f;
-  bias_r[1] = p.bias ? p.bias[co_r0 + 4] : 0.f;
+  const bool row_b = u.od + 2 < g.Dout;  // the last od pair of an odd count has one row
+  const bool scaled = p.factor != 1.f;   // one multiply per element saved for the default factor
   const int64_t plane = (int64_t)g.Dout * g.Hout;
-  const uint64_t policy = policy_evict_first();
-  const bool scaled = p.factor != 1.f;  // one multiply per element saved for the default factor
-  const int n_items = it1 - it0;
-  Item cur = decode_item(g, it0);
-  for (int k = 0; k < n_items; ++k) {
-    wait_stage_full(stage_bars, k);
-    const float* stage = stages + stage_tile(k) * stage_floats;
-    float v[2][8];
-    float4 stt[2];
+  const int rr = lane >> 4, c4 = lane & 15;  // read-back: rows rr + 2i, 16 bytes at column 4 c4
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      stt[i] = *reinterpret_cast<const float4*>(stage + (co_r0 + 4 * i) * kStageLd + 64);
-      const float* st = stage + (co_r0 + 4 * i) * kStageLd + 2 * l8;
-      const float2 a0 = *reinterpret_cast<const float2*>(st);
-      const float2 a1 = *reinterpret_cast<const float2*>(st + 32);
-      const float2 b0 = *reinterpret_cast<const float2*>(st + 16);
-      const float2 b1 = *reinterpret_cast<const float2*>(st + 48);
-      v[i][0] = a0.x; v[i][1] = a1.x; v[i][2] = a0.y; v[i][3] = a1.y;
-      v[i][4] = b0.x; v[i][5] = b1.x; v[i][6] = b0.y; v[i][7] = b1.y;
-    }
-    if (k + kStageTiles < n_items) signal_stage_empty(stage_bars, k);  // the MMA may refill this tile
-    if (kEpi) {
-      float* out = outs + (k % kOutTiles) * 64 * 64;
-      const int64_t row0 = ((int64_t)cur.n * 64 * g.Dout + cur.od) * g.Hout + cur.oh + co_r0 * plane;
+  for (int e = 0; e < 4; ++e) {
+    if ((e & 1) && !row_b) continue;
+    const int co_base = 16 * w4 + 8 * (e >> 1);
+    const int64_t row0 = ((int64_t)(u.n * 64 + co_base) * g.Dout + u.od + 2 * (e & 1)) * g.Hout + u.oh;
+    // (mean, rstd) into the unit-ordered scratch: 8 lanes write 64 contiguous bytes. Stored
+    // straight into mean / rstd ([n][co][od][oh]) they were 4-byte writes to 8 rows each, and
+    // every 32-byte sector shared with the other oh parity's block: 0.19 ms of the kernel.
+    if (t == 0)
+      p.stats[(int64_t)ustat * 128 + (e & 1) * 64 + co_base + g8] =
+          make_float2(mu[e] + bias_r[e >> 1], rs[e]);  // the bias shifts z, so the mean, nothing else
+    const float nmrs = -mu[e] * rs[e];  // (v - mu) * rs as one FMA
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        float o[8];
-        if (MODE == 2) {  // profiling: staged values stored as they are
-#pragma unroll
-          for (int j = 0; j < 8; ++j) o[j] = v[i][j];
-        } else {
-          // Merge of the two parities' (sum, M2) over 32 values each: M2 = M2_0 + M2_1 + (S0 - S1)^2 / 64.
-          const float mu = (stt[i].x + stt[i].z) * (1.f / 64.f);
-          const float dS = stt[i].x - stt[i].z;
-          const float m2 = fmaf(dS * dS, 1.f / 64.f, stt[i].y + stt[i].w);
-          const float rs = rsqrtf(m2 * (1.f / 64.f) + p.eps);
-          const float nmrs = -mu * rs;  // (v - mu) * rs as one FMA
-#pragma unroll
-          for (int j = 0; j < 8; ++j) o[j] = gelu_unscaled<TANH>(fmaf(fmaf(v[i][j], rs, nmrs), gam[j], bet[j]));
-          if (scaled) {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) o[j] *= p.factor;
-          }
-          if (l8 == 0) {
-            const int64_t row = row0 + 4 * i * plane;
-            p.mean[row] = mu + bias_r[i];  // the bias shifts z, so it shifts the mean and nothing else
-            p.rstd[row] = rs;
-          }
-        }
-        if (TMA_STORE) {
-          float* orow = out + (co_r0 + 4 * i) * 64 + 4 * l8;
-          *reinterpret_cast<float4*>(orow) = make_float4(o[0], o[1], o[2], o[3]);
-          *reinterpret_cast<float4*>(orow + 32) = make_float4(o[4], o[5], o[6], o[7]);
-        } else {
-          float* yrow = p.y + (row0 + 4 * i * plane) * 64 + 4 * l8;
-          __stcs(reinterpret_cast<float4*>(yrow), make_float4(o[0], o[1], o[2], o[3]));
-          __stcs(reinterpret_cast<float4*>(yrow + 32), make_float4(o[4], o[5], o[6], o[7]));
+    for (int j = 0; j < 8; ++j) {
+      float o0 = acc0[4 * j + e], o1 = acc1[4 * j + e];
+      if (kMath) {
+        o0 = gelu_unscaled<TANH>(fmaf(fmaf(o0, rs[e], nmrs), gam[2 * j], bet[2 * j]));
+        o1 = gelu_unscaled<TANH>(fmaf(fmaf(o1, rs[e], nmrs), gam[2 * j + 1], bet[2 * j + 1]));
+        if (scaled) {
+          o0 *= p.factor;
+          o1 *= p.factor;
         }
       }
-      if (!TMA_STORE) {
-        advance_item(g, cur);
-        continue;
-      }
-      fence_proxy_async_smem();  // the tile is read by the TMA store (async proxy)
-      if (etid == 0) bulk_wait_read<kOutTiles - 2>();  // the store of item k-1 has read its tile
-      bar_sync(kBarEpi, 256);
-      if (etid == 0 && MODE != 8 && MODE != 9) {  // MODE 8, 9: profiling without the y stores
-        tma_store_4d(ymap, smem_u32(out), 0, cur.oh, cur.od, cur.n * 64, policy);
-        bulk_commit();
-      }
+      // ow = 8j + 2t (+1): 8-byte slot 4j + t of row g8, swizzled
+      const int slot = (4 * j + t) ^ (4 * (g8 & 3));
+      *reinterpret_cast<float2*>(scratch + g8 * 64 + 2 * slot) = make_float2(o0, o1);
     }
-    advance_item(g, cur);
+    __syncwarp();
+    float4 v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = rr + 2 * i;
+      const int slot = (2 * c4) ^ (4 * (r & 3));
+      v[i] = *reinterpret_cast<const float4*>(scratch + r * 64 + 2 * slot);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      if (kYStore) __stcs(reinterpret_cast<float4*>(p.y + (row0 + (rr + 2 * i) * plane) * 64 + 4 * c4), v[i]);
   }
-  if (TMA_STORE && etid == 0) bulk_wait_all<0>();  // the stores read shared memory until they are done
 }
 
-// Warpgroups 0 and 1 (ow parity q = warpgroup) keep the A fragments of their parity for all of K
-// (Cin x 8 taps: 128 registers) and run the tensor cores; warpgroups 2 and 3 run LayerNorm / GELU /
-// scale / stores. The two roles meet in a double-buffered staging tile, handed over with
-// mbarriers, so one item's epilogue overlaps the next items' matrix work.
-//   MMA, item k: slab pairs of k landed (mbarrier) -> barrier of both MMA warpgroups -> issue 32
-//   async wgmmas into accumulator set k&1 -> warp 0: bulk copies of item k + kAhead -> wait for
-//   item k-1's wgmmas -> item k-1: LN partial statistics, (staging tile free) -> write its 64x32
-//   half of the tile -> signal full.
-//   Epilogue, item k: wait full -> read the 64x64 tile -> signal empty -> LN/GELU into the output
-//   tile -> barrier -> one TMA store.
-// Inputs: the slab of an item is two plane pairs, one per input row ih (b = 0: ih0, b = 1:
-// ih0 - 1), each pair holding id0 and id0 - 1 (a = 0, 1). Row oh + 2 of the same class has
-// ih0 + 1, so it reuses the pair ih0 and loads one new pair. Pairs live in a ring of kPairSlots
-// slots, indexed by a running pair counter P (item: b = 0 -> P, b = 1 -> P-1); every P is loaded
-// exactly once, so slot P % kPairSlots completes its full barrier for the (P / kPairSlots)-th time.
-// The copy for item k + kAhead is issued after both warpgroups passed item k's barrier, so items
-// <= k-2 have completed their wgmmas, and its slots differ from those of items k-1 .. k+kAhead
-// (static_assert on kPairSlots).
-// MODE (profiling only, bench/standalone): 0 = the kernel; 1 = no wgmma; 2 = no epilogue math
-// (staged values stored as they are); 3 = no input loads; 4 = wgmma only; 5 = epilogue only;
-// 6 = input loads only; 7 = epilogue only, without the MMA warps' statistics and staging writes;
-// 8 = epilogue only, without the y stores; 9 = the kernel without the y stores.
-template <int CIN, bool TANH, int MODE = 0, int OPT = 0>
+// ---------------------------------------------------------------- TF32 tensor-core kernel
+// Warpgroup 0, warp 0, lane 0: loads the class's weights once, then for every unit of the block
+// in order its new input rows (TMA, two boxes of interleaved plane pairs per row and kd tap).
+// Warpgroups 1-3: consumer c takes units k with k % 3 == c: waits for its two ring slots, issues
+// 64 wgmmas (32 k-steps per parity q into acc0 / acc1), waits for them, releases the slots, then
+// LayerNorm / GELU / scale / stores from the accumulators.
+// Ring slots: unit k has a pair counter P_k (P of its b = 0 row ih0; b = 1, ih0 - 1, is P_k - 1),
+// P advances by 1 when the unit continues the previous one (same n, od pair, oh + 2) and by 2
+// otherwise; every P is loaded once, into slot P % kSlots. A slot is used by two units (as b = 0,
+// then b = 1) or by one (then it arrives twice), so its empty barrier counts 4 warps x 2.
+// MODE (profiling only, bench/standalone): 0 = the kernel; 1 = no wgmma; 2 = no LayerNorm/GELU
+// math (accumulators stored as they are); 3 = no input loads; 4 = wgmma only (no epilogue);
+// 5 = epilogue only (no loads, no wgmma); 6 = input loads only; 9 = no y stores.
+template <int CIN, bool TANH, int MODE = 0>
 __global__ void __launch_bounds__(kThreads, 1)
-    fused_conv_tc_kernel(const Params p, const __grid_constant__ CUtensorMap ymap) {
-  constexpr bool kMma = MODE != 1 && MODE != 5 && MODE != 6 && MODE != 7 && MODE != 8;
-  constexpr bool kLoad = MODE != 3 && MODE != 4 && MODE != 5 && MODE != 7 && MODE != 8;
+    fused_conv_tc_kernel(const Params p, const __grid_constant__ CUtensorMap xmap) {
+  constexpr bool kMma = MODE != 1 && MODE != 5 && MODE != 6;
+  constexpr bool kLoad = MODE != 3 && MODE != 4 && MODE != 5;
   constexpr bool kEpi = MODE != 4 && MODE != 6;
-  constexpr bool kStats = MODE != 7;  // the MMA warps' statistics and staging writes
-  constexpr bool kTmaStore = (OPT & kOptDirectStores) == 0;
-  constexpr bool kDbAcc = (OPT & kOptOneAccSet) == 0;
-  constexpr uint32_t kPlaneBytes = plane_bytes(CIN);
-  constexpr uint32_t kPairBytes = 2 * kPlaneBytes;
-  constexpr int kStageFloats = 64 * kStageLd;  // [co][q][u] + pad
-  constexpr int KS = CIN;                      // k-steps of 8 (K = 8 Cin)
-  constexpr int KC = CIN / 8;                  // k-steps per tap (a, b, c)
-  // Shared memory: output tiles | staging tiles | input pair slots | mbarriers.
+  constexpr bool kMath = MODE != 2;
+  constexpr bool kYStore = MODE != 9;
+  constexpr uint32_t kPair = pair_bytes(CIN), kSlot = slot_bytes(CIN), kW = weight_bytes(CIN);
+  constexpr uint32_t kBox = (uint32_t)box_rows(CIN) * 32;  // one TMA box: rows x 2 planes x 16 bytes
+  constexpr int KS = CIN;                                  // k-steps of 8 per parity (K = 8 Cin)
+  constexpr int KC = CIN / 8;                              // k-steps per tap (a, b, c)
+  constexpr uint32_t kLbo = kPlaneRows * 32;               // B: the next 4 channels
+  // Shared memory: weights | input ring | store scratch (2 KB per consumer warp) | mbarriers
+  // (full[kSlots], empty[kSlots], weights) | issued counter.
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  float* const outs = reinterpret_cast<float*>(smem_raw);
-  float* const stages = outs + kOutTiles * 64 * 64;
-  unsigned char* const slabs = reinterpret_cast<unsigned char*>(stages + kStageTiles * kStageFloats);
-  const uint32_t stage_bars = smem_u32(slabs + kPairSlots * kPairBytes);
-  const uint32_t slab_bars = stage_bars + 8 * 2 * kStageTiles;
+  const uint32_t w_s = smem_u32(smem_raw);
+  const uint32_t ring_s = w_s + kW;
+  const uint32_t full_bar = ring_s + kSlots * kSlot + kConsumers * 4 * 2048;
+  const uint32_t empty_bar = full_bar + 8 * kSlots;
+  const uint32_t w_bar = empty_bar + 8 * kSlots;
+  // The last pair counter P whose load the producer has issued. A consumer skips the units of
+  // the others, so it could reach the full barrier of slot P % kSlots while the slot's previous
+  // load (P - kSlots) is still under way; a parity wait would then pass on that earlier phase. It
+  // waits for this counter first: once P is issued, phase P / kSlots is the slot's current one.
+  // Shared-memory atomics on both sides (a plain flag would be a data race, and racecheck says so).
+  int* const issued = reinterpret_cast<int*>(smem_raw + (w_bar + 8 - w_s));
   const Geometry& g = p.g;
 
-  const int it0 = (int)((int64_t)blockIdx.x * g.total / gridDim.x);
-  const int it1 = (int)((int64_t)(blockIdx.x + 1) * g.total / gridDim.x);
-  if (it0 >= it1) return;
+  // The block's class and its contiguous range of that class's units.
+  const int blk = blockIdx.x;
+  const int cls = (blk >= g.block0[1]) + (blk >= g.block0[2]) + (blk >= g.block0[3]);
+  const int nblk = g.block0[cls + 1] - g.block0[cls], lblk = blk - g.block0[cls];
+  const int u0 = (int)((int64_t)g.units[cls] * lblk / nblk);
+  const int u1 = (int)((int64_t)g.units[cls] * (lblk + 1) / nblk);
+  if (u0 >= u1) return;
+  const int n_units = u1 - u0;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
-  init_stage_bars(stage_bars, tid);
-  if (tid < kPairSlots) mbar_init(slab_bars + 8 * tid, 1);
+  if (tid < kSlots) {
+    mbar_init(full_bar + 8 * tid, 1);
+    mbar_init(empty_bar + 8 * tid, 8);
+  }
+  if (tid == kSlots) {
+    mbar_init(w_bar, 1);
+    atomicExch(issued, -1);
+  }
   mbar_init_fence();
   __syncthreads();
-  const int n_items = it1 - it0;
 
-  if (wg < 2) {
-    // ======================================================== MMA warpgroups
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kDbAcc ? kMmaRegsDb : kMmaRegs1));
-    // The warpgroup index through a shuffle from lane 0: the compiler then knows it is the same
-    // in the whole warp and keeps what derives from it (the wgmma descriptors) in uniform
-    // registers; from threadIdx.x directly every wgmma waited for two R2UR moves (NOTES.md).
-    const int q = __shfl_sync(0xffffffffu, wg, 0), wtid = tid & 127;
-    const uint32_t slab_s = smem_u32(slabs);
-    // Warp 0 runs the load schedule (every lane the same, so the copy operands stay in uniform
-    // registers) and its lane 0 issues the copies.
-    const bool producer = __shfl_sync(0xffffffffu, warp, 0) == 0;
-
-    // ---- loads (warp 0 only): pair P of item `it` for input row ih, into slot P % kPairSlots
-    const char* const xt = reinterpret_cast<const char*>(p.xt);
-    const int64_t zero_plane = (int64_t)g.N * g.D * g.H;
-    auto load_pair = [&](const Item& it, int ih, int P) {
-      const int slot = P & (kPairSlots - 1);
-      const uint32_t bar = slab_bars + 8 * slot;
-      const int id0 = (it.od + g.pd) >> 1;
-      const bool ihok = ih >= 0 && ih < g.H;
-      const int64_t pl0 = ihok && id0 >= 0 && id0 < g.D ? ((int64_t)it.n * g.D + id0) * g.H + ih : zero_plane;
-      const int64_t pl1 = ihok && id0 >= 1 && id0 <= g.D ? ((int64_t)it.n * g.D + id0 - 1) * g.H + ih : zero_plane;
-      if (lane != 0) return;
+  if (wg == 0) {
+    // ======================================================== producer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    if (warp != 0 || lane != 0) return;
+    if (kMma) {
+      mbar_arrive_expect(w_bar, kW);
+      const char* src = reinterpret_cast<const char*>(g_wsmem) + (size_t)cls * kW;
+      for (int i = 0; i < 4; ++i) bulk_load(w_s + i * (kW / 4), src + i * (kW / 4), kW / 4, w_bar);
+    } else {
+      mbar_arrive(w_bar);
+    }
+    // Input row ih of unit u (taps a = 0, 1: planes (id0 - a, id0 - a + 1)) into slot P % kSlots.
+    auto load_row = [&](const Unit& u, int ih, int P) {
+      const int s = P % kSlots;
+      if (P >= kSlots) mbar_wait(empty_bar + 8 * s, (uint32_t)((P / kSlots - 1) & 1));
+      const uint32_t bar = full_bar + 8 * s;
       if (!kLoad) {
         mbar_arrive(bar);
+        atomicExch(issued, P);
         return;
       }
-      mbar_arrive_expect(bar, kPairBytes);
-      bulk_load(slab_s + slot * kPairBytes, xt + pl0 * kPlaneBytes, kPlaneBytes, bar);  // a = 0: id0
-      bulk_load(slab_s + slot * kPairBytes + kPlaneBytes, xt + pl1 * kPlaneBytes, kPlaneBytes, bar);  // a = 1
+      mbar_arrive_expect(bar, kSlot);
+      const int id0 = (u.od + g.pd) >> 1;
+#pragma unroll
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int h = 0; h < box_count(CIN); ++h)
+          tma_load_5d(&xmap, ring_s + s * kSlot + a * kPair + h * kBox, bar, 0, id0 - a, h * box_rows(CIN), ih,
+                      u.n);
+      atomicExch(issued, P);
     };
-    // Item with pair counter P: loads its b = 0 pair (ih0); a restart also loads ih0 - 1.
-    auto load_item = [&](const Item& it, int P, bool restart) {
-      const int ih0 = (it.oh + g.ph) >> 1;
-      load_pair(it, ih0, P);
-      if (restart) load_pair(it, ih0 - 1, P - 1);
-    };
-    Item pre = decode_item(g, it0);  // next item to load (warp 0)
-    int Pp = 1;
-    if (producer) {
-      load_item(pre, Pp, true);
-      for (int j = 1; j < kAhead && j < n_items; ++j) {
-        const bool cont = advance_item(g, pre);
-        Pp += cont ? 1 : 2;
-        load_item(pre, Pp, !cont);
+    Unit u = decode_unit(g, cls, u0);
+    int P = 1;
+    for (int k = 0; k < n_units; ++k) {
+      bool cont = false;
+      if (k > 0) {
+        cont = advance_unit(g, cls, u);
+        P += cont ? 1 : 2;
       }
+      const int ih0 = (u.oh + g.ph) >> 1;
+      if (!cont) load_row(u, ih0 - 1, P - 1);
+      load_row(u, ih0, P);
     }
+    return;
+  }
 
-    // B descriptor (no swizzle, K-major): LBO = next 4 k (next ci4 group), SBO = next 8 rows of u.
-    constexpr uint32_t kLbo = kPlaneRows * 16, kSbo = 128;
-    const uint32_t desc_w0 = ((p.variant & 2) ? (kSbo >> 4) : (kLbo >> 4)) << 16;
-    const uint32_t desc_w1 = (p.variant & 2) ? (kLbo >> 4) : (kSbo >> 4);
-    const int rho0 = ((q + g.pw) >> 1) - (g.pw >> 1) + 1;  // plane row of u = 0, tap c = 0
-    const uint32_t row_base = slab_s + rho0 * 16;
+  // ======================================================== consumers
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
+  // The consumer index through a shuffle from lane 0: the compiler then knows it is warp-uniform
+  // and keeps the descriptor arithmetic in uniform registers.
+  const int cons = __shfl_sync(0xffffffffu, wg, 0) - 1;
+  const int g8 = lane >> 2, t = lane & 3;
+  const int co0 = 16 * (warp & 3) + g8;  // accumulator rows co0 and co0 + 8
+  // Columns of this thread: n = 8j + 2t + r, i.e. u = 4j + t of rows A (r = 0) and B (r = 1);
+  // with both parities, ow = 8j + 2t + q.
+  float gam[16], bet[16];
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int ow = 8 * j + 2 * t + q;
+      gam[2 * j + q] = p.gamma ? p.gamma[ow] : 1.f;
+      bet[2 * j + q] = p.beta ? p.beta[ow] : 0.f;
+    }
+  const float bias_r[2] = {p.bias ? p.bias[co0] : 0.f, p.bias ? p.bias[co0 + 8] : 0.f};
+  float* const scratch = reinterpret_cast<float*>(smem_raw + kW + kSlots * kSlot) + (warp - 4) * 512;
+  // Descriptors: A = weights (LBO 1024: the next 4 channels; SBO 128: the next 8 co), B = ring
+  // (LBO: the next 4 channels; SBO 128: the next 8 interleaved rows). Start addresses in 16 bytes.
+  const uint32_t a_w0 = (uint32_t)smem_desc(w_s, 1024, 128, p.variant);
+  const uint32_t a_w1 = (uint32_t)(smem_desc(w_s, 1024, 128, p.variant) >> 32);
+  const uint32_t b_w0 = (uint32_t)smem_desc(ring_s, kLbo, 128, p.variant);
+  const uint32_t b_w1 = (uint32_t)(smem_desc(ring_s, kLbo, 128, p.variant) >> 32);
+  // Plane row of u = 0 for tap c = 0, per parity; in the interleaved slot a row pair is 32 bytes.
+  const int rho0 = ((0 + g.pw) >> 1) - (g.pw >> 1) + 1, rho1 = ((1 + g.pw) >> 1) - (g.pw >> 1) + 1;
 
-    // Item k - 1 done: LayerNorm partial statistics of this parity's 32 values of rows g and g+8
-    // (sum and sum of squared deviations from the partial mean; the epilogue merges the two
-    // parities, Chan), then the 64x32 half-tile into staging tile (k-1) % kStageTiles.
-    auto finish = [&](float(&acc)[16], int kk) {
+  mbar_wait(w_bar, 0);
+  Unit u = decode_unit(g, cls, u0);
+  int P = 1;
+  for (int k = 0; k < n_units; ++k) {
+    bool cont = false;
+    if (k > 0) {
+      cont = advance_unit(g, cls, u);
+      P += cont ? 1 : 2;
+    }
+    if (k % kConsumers != cons) continue;
+    bool next_cont = false;
+    if (k + 1 < n_units) {
+      Unit nx = u;
+      next_cont = advance_unit(g, cls, nx);
+    }
+    const int s0 = P % kSlots, s1 = (P - 1) % kSlots;  // rows ih0 (b = 0) and ih0 - 1 (b = 1)
+    while (atomicAdd(issued, 0) < P) {
+    }
+    mbar_wait(full_bar + 8 * s0, (uint32_t)((P / kSlots) & 1));
+    mbar_wait(full_bar + 8 * s1, (uint32_t)(((P - 1) / kSlots) & 1));
+    float acc0[32], acc1[32];
+    if (kMma) {
+      const uint32_t lo_b0 = b_w0 + (uint32_t)(s0 * (kSlot >> 4)), lo_b1 = b_w0 + (uint32_t)(s1 * (kSlot >> 4));
 #pragma unroll
-      for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
-      if (!kStats) {
-        wait_stage_empty(stage_bars, kk);
-        signal_stage_full(stage_bars, kk);
-        return;
+      for (int i = 0; i < 32; ++i) {
+        reg_fence(acc0[i]);
+        reg_fence(acc1[i]);
       }
-      float sA = 0.f, sB = 0.f, dA = 0.f, dB = 0.f;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        sA += acc[4 * j] + acc[4 * j + 1];
-        sB += acc[4 * j + 2] + acc[4 * j + 3];
-      }
-      sA += __shfl_xor_sync(0xffffffffu, sA, 1);
-      sB += __shfl_xor_sync(0xffffffffu, sB, 1);
-      sA += __shfl_xor_sync(0xffffffffu, sA, 2);
-      sB += __shfl_xor_sync(0xffffffffu, sB, 2);
-      {
-        const float mA = sA * (1.f / 32.f), mB = sB * (1.f / 32.f);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float a0 = acc[4 * j] - mA, a1 = acc[4 * j + 1] - mA;
-          const float b0 = acc[4 * j + 2] - mB, b1 = acc[4 * j + 3] - mB;
-          dA = fmaf(a0, a0, fmaf(a1, a1, dA));
-          dB = fmaf(b0, b0, fmaf(b1, b1, dB));
-        }
-      }
-      dA += __shfl_xor_sync(0xffffffffu, dA, 1);
-      dB += __shfl_xor_sync(0xffffffffu, dB, 1);
-      dA += __shfl_xor_sync(0xffffffffu, dA, 2);
-      dB += __shfl_xor_sync(0xffffffffu, dB, 2);
-      wait_stage_empty(stage_bars, kk);
-      {  // accumulator fragment: rows co = 16*wq + g (+8), cols u = 8j + 2t (+1)
-        float* st = stages + stage_tile(kk) * kStageFloats;
-        const int co = 16 * (warp & 3) + (lane >> 2);
-        const int u = 2 * (lane & 3);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          *reinterpret_cast<float2*>(st + co * kStageLd + q * 32 + 8 * j + u) = make_float2(acc[4 * j], acc[4 * j + 1]);
-          *reinterpret_cast<float2*>(st + (co + 8) * kStageLd + q * 32 + 8 * j + u) =
-              make_float2(acc[4 * j + 2], acc[4 * j + 3]);
-        }
-        if ((lane & 3) == 0) {  // [S_q, M2_q] in the row's padding: [64 + 2q, 65 + 2q]
-          *reinterpret_cast<float2*>(st + co * kStageLd + 64 + 2 * q) = make_float2(sA, dA);
-          *reinterpret_cast<float2*>(st + (co + 8) * kStageLd + 64 + 2 * q) = make_float2(sB, dB);
-        }
-      }
-      signal_stage_full(stage_bars, kk);
-    };
-
-    uint32_t wa[KS * 4];
-    float acc0[16], acc1[16];
-#pragma unroll
-    for (int i = 0; i < 16; ++i) acc0[i] = acc1[i] = 0.f;
-    Item cur = decode_item(g, it0);
-    int Pc = 1;
-    // Item k: wait for its two pairs, issue its wgmmas into `acc`, issue the loads of item
-    // k + kAhead, then (has_prev) finish item k - 1 from `prev` once its wgmmas are done.
-    auto step = [&](float(&acc)[16], float(&prev)[16], int k, bool has_prev) {
-      mbar_wait(slab_bars + 8 * (Pc & (kPairSlots - 1)), (uint32_t)((Pc / kPairSlots) & 1));
-      mbar_wait(slab_bars + 8 * ((Pc - 1) & (kPairSlots - 1)), (uint32_t)(((Pc - 1) / kPairSlots) & 1));
-      bar_sync(kBarMma, 256);
-      const uint32_t lo0 = (((row_base + (uint32_t)((Pc & (kPairSlots - 1)) * kPairBytes)) >> 4) & 0x3FFF) | desc_w0;
-      const uint32_t lo1 =
-          (((row_base + (uint32_t)(((Pc - 1) & (kPairSlots - 1)) * kPairBytes)) >> 4) & 0x3FFF) | desc_w0;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) reg_fence(acc[i]);
       wgmma_fence();
 #pragma unroll
-      for (int s = 0; s < (kMma ? KS : 0); ++s) {
-        // k-step s = ((a*2 + b)*2 + c)*KC + ci8: channels 8 ci8 .. +7 of tap (a, b, c).
-        const int ci8 = s % KC, t3 = s / KC, c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
-        const int off = (int)(a * kPlaneBytes + ci8 * 2 * kLbo) / 16 - c;
-        const uint32_t lo = (b ? lo1 : lo0) + (uint32_t)off;
-        const uint64_t desc = ((uint64_t)desc_w1 << 32) | (uint64_t)lo;
-        if (s == 0)
-          wgmma_m64n32k8<0>(acc, wa[0], wa[1], wa[2], wa[3], desc);
-        else
-          wgmma_m64n32k8<1>(acc, wa[4 * s], wa[4 * s + 1], wa[4 * s + 2], wa[4 * s + 3], desc);
-      }
-      wgmma_commit();
-      if (producer && k + kAhead < n_items) {
-        const bool cont = advance_item(g, pre);
-        Pp += cont ? 1 : 2;
-        load_item(pre, Pp, !cont);
-      }
-      wgmma_wait<1>();
-      if (has_prev) finish(prev, k - 1);
-      const bool cont = advance_item(g, cur);
-      Pc += cont ? 1 : 2;
-    };
-
-    int k = 0;
-    while (k < n_items) {  // one segment of items per class: the weights change between segments
-      const int cls_end = cur.cls == 0 ? g.b1 : cur.cls == 1 ? g.b2 : cur.cls == 2 ? g.b3 : g.total;
-      const int k_end = min(it1, cls_end) - it0;
-      {
-        const float4* src = g_wprep + (size_t)(cur.cls * 2 + q) * CIN * 128 + wtid;
+      for (int q = 0; q < 2; ++q) {
+        const int rho = q ? rho1 : rho0;
 #pragma unroll
         for (int s = 0; s < KS; ++s) {
-          const float4 v = src[s * 128];
-          wa[4 * s + 0] = __float_as_uint(v.x);
-          wa[4 * s + 1] = __float_as_uint(v.y);
-          wa[4 * s + 2] = __float_as_uint(v.z);
-          wa[4 * s + 3] = __float_as_uint(v.w);
+          // k-step s = ((a*2 + b)*2 + c)*KC + ci8: channels 8 ci8 .. +7 of tap (a, b, c).
+          const int ci8 = s % KC, t3 = s / KC, c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
+          const uint32_t off = (a * kPair + ci8 * 2 * kLbo) / 16;
+          const uint32_t lo_b = (b ? lo_b1 : lo_b0) + off + 2 * (rho - c);
+          const uint64_t db = ((uint64_t)b_w1 << 32) | lo_b;
+          const uint64_t da = ((uint64_t)a_w1 << 32) | (a_w0 + (uint32_t)((q * KS + s) * 128));
+          if (q == 0) {
+            if (s == 0)
+              wgmma_m64n64k8_ss<0>(acc0, da, db);
+            else
+              wgmma_m64n64k8_ss<1>(acc0, da, db);
+          } else {
+            if (s == 0)
+              wgmma_m64n64k8_ss<0>(acc1, da, db);
+            else
+              wgmma_m64n64k8_ss<1>(acc1, da, db);
+          }
         }
       }
-      // Four items per iteration, alternating the accumulator sets, so that each row's wgmmas
-      // are issued before the previous row is finished. The loop's back edge comes after a full
-      // wait: with wgmmas in flight across it, ptxas serializes every wgmma (C7514), so one row
-      // in four is finished with the tensor pipe idle.
-      for (; kDbAcc && k + 4 <= k_end; k += 4) {
-        step(acc0, acc1, k, false);
-        step(acc1, acc0, k + 1, true);
-        step(acc0, acc1, k + 2, true);
-        step(acc1, acc0, k + 3, true);
-        wgmma_wait<0>();
-        finish(acc1, k + 3);
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        reg_fence(acc0[i]);
+        reg_fence(acc1[i]);
       }
-      for (; k < k_end; ++k) {  // the segment's last 0-3 items, one at a time
-        step(acc0, acc1, k, false);
-        wgmma_wait<0>();
-        finish(acc0, k);
+    } else {  // profiling: stand-in values that the compiler cannot fold
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        acc0[i] = (float)(lane + i) * 0.01f + (float)k;
+        acc1[i] = (float)(lane - i) * 0.01f + (float)k;
       }
     }
-  } else {
-    // ======================================================== epilogue warpgroups
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kDbAcc ? kEpiRegsDb : kEpiRegs1));
-    fused_conv_epilogue<TANH, MODE, kEpi, kTmaStore>(p, &ymap, stages, kStageFloats, outs, stage_bars, it0, it1,
-                                                     warp - 8, lane, tid - 256);
+    // The wgmmas are complete: hand the two ring slots back (twice where no other unit uses one).
+    __syncwarp();
+    if (lane == 0) {
+      mbar_arrive(empty_bar + 8 * s0);
+      if (!next_cont) mbar_arrive(empty_bar + 8 * s0);
+      mbar_arrive(empty_bar + 8 * s1);
+      if (!cont) mbar_arrive(empty_bar + 8 * s1);
+    }
+    if (kEpi) {
+      unit_epilogue<TANH, kMath, kYStore>(p, acc0, acc1, u, gam, bet, bias_r, scratch, warp & 3, lane,
+                                          g.unit0[cls] + u0 + k);
+    } else {  // profiling (wgmma only): keep the accumulators alive, or ptxas drops the wgmmas
+      float sm = 0.f;
+#pragma unroll
+      for (int i = 0; i < 32; ++i) sm += acc0[i] + acc1[i];
+      if (sm == 1234.5f) p.y[0] = sm;
+    }
+  }
+}
+
+// (mean, rstd) from the unit-ordered scratch into mean / rstd [n][co][od][oh]: one thread per
+// row, consecutive threads on consecutive oh, so the writes are whole sectors (~0.03 ms at the
+// flagship size for 34 MB of row statistics).
+__global__ void scatter_row_stats_kernel(const Params p) {
+  const Geometry& g = p.g;
+  const int64_t rows = (int64_t)g.N * 64 * g.Dout * g.Hout;
+  for (int64_t row = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; row < rows;
+       row += (int64_t)gridDim.x * blockDim.x) {
+    const int oh = (int)(row % g.Hout);
+    int64_t rest = row / g.Hout;
+    const int od = (int)(rest % g.Dout);
+    rest /= g.Dout;
+    const int co = (int)(rest % 64), n = (int)(rest / 64);
+    const int pdp = (od + g.pd) & 1, php = (oh + g.ph) & 1, cls = pdp * 2 + php;
+    const int odi = (od - (pdp ? g.od01 : g.od00)) >> 1, ohi = (oh - (php ? g.oh01 : g.oh00)) >> 1;
+    const int cdp = ((pdp ? g.cntD1 : g.cntD0) + 1) >> 1, ch = php ? g.cntH1 : g.cntH0;
+    const int64_t unit = g.unit0[cls] + ((int64_t)n * cdp + (odi >> 1)) * ch + ohi;
+    const float2 v = p.stats[unit * 128 + (odi & 1) * 64 + co];
+    p.mean[row] = v.x;
+    p.rstd[row] = v.y;
   }
 }
 
@@ -783,14 +762,18 @@ inline int device_sm_count() {
   return n > 0 ? n : 1;
 }
 
-// Scratch bytes the TF32 kernel needs for the re-laid-out input: N*D*H planes plus a zero plane.
+// Scratch bytes the TF32 kernel needs: the re-laid-out input (N*D*H planes plus a zero plane),
+// then the row statistics in unit order, 1 KB per unit. Units: N x (od pairs of both d classes,
+// at most D + 3 in all, since D_out <= 2D + 3) x H_out (<= 2H + 3).
+inline size_t stats_offset(int64_t N, int64_t Cin, int64_t D, int64_t H) {
+  return ((size_t)(N * D * H + 1) * plane_bytes((int)Cin) + 255) / 256 * 256;
+}
 inline size_t workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H) {
-  return (size_t)(N * D * H + 1) * plane_bytes((int)Cin);
+  return stats_offset(N, Cin, D, H) + (size_t)N * (D + 3) * (2 * H + 3) * 128 * sizeof(float2);
 }
 
-// The TMA descriptor of y for the epilogue's tile stores: y as the 4-D tensor
-// [n*64 + co][od][oh][ow] and a box of 64 ow x 1 x 1 x 64 co (one output row of every channel).
-inline CUtensorMap make_y_tensor_map(const Params& p) {
+// The driver's tensor-map encoder, reached through the runtime (no link against libcuda).
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult q;
@@ -802,49 +785,99 @@ inline CUtensorMap make_y_tensor_map(const Params& p) {
   if (!encode)
     throw std::runtime_error(
         "fused_conv_transpose3d_ln_gelu_scale: the CUDA driver has no cuTensorMapEncodeTiled (needs CUDA 12+)");
+  return encode;
+}
+
+// The TMA descriptor of the re-laid-out input: p.xt as the 5-D tensor (ci%4, id, row, ih, n) with
+// row = (ci/4)*34 + rho, and a box of (4, 2, box_rows, 1, 1). The box lands in shared memory as
+// [row][id, id + 1][ci%4]: the two planes interleaved row by row. Out-of-range id / ih read zeros.
+template <int CIN>
+CUtensorMap make_x_tensor_map(const Params& p) {
   const Geometry& g = p.g;
-  const cuuint64_t row = 64 * sizeof(float);
-  const cuuint64_t dims[4] = {64, (cuuint64_t)g.Hout, (cuuint64_t)g.Dout, (cuuint64_t)g.N * 64};
-  const cuuint64_t strides[3] = {row, row * g.Hout, row * g.Hout * g.Dout};
-  const cuuint32_t box[4] = {64, 1, 1, 64};
-  const cuuint32_t estrides[4] = {1, 1, 1, 1};
+  const cuuint64_t pb = plane_bytes(CIN);
+  const cuuint64_t dims[5] = {4, (cuuint64_t)g.D, (cuuint64_t)(CIN / 4 * kPlaneRows), (cuuint64_t)g.H,
+                              (cuuint64_t)g.N};
+  const cuuint64_t strides[4] = {pb * g.H, 16, pb, pb * g.H * g.D};
+  const cuuint32_t box[5] = {4, 2, (cuuint32_t)box_rows(CIN), 1, 1};
+  const cuuint32_t estrides[5] = {1, 1, 1, 1, 1};
   CUtensorMap map;
-  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.y, dims, strides, box, estrides,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-                            CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 5, p.xt, dims, strides, box,
+                                          estrides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     throw std::runtime_error(
-        "fused_conv_transpose3d_ln_gelu_scale: cuTensorMapEncodeTiled failed for output 'y' (error " +
+        "fused_conv_transpose3d_ln_gelu_scale: cuTensorMapEncodeTiled failed for the re-laid-out input (error " +
         std::to_string((int)r) + ")");
   return map;
 }
 
+// Units per class and the blocks given to each (at most `sms` in all, so that every block is
+// resident at once): proportional to the class's units, at least one for a non-empty class.
+inline void plan_blocks(Geometry& g, int sms) {
+  int64_t total = 0;
+  for (int c = 0; c < 4; ++c) {
+    const int cd = (c >> 1) ? g.cntD1 : g.cntD0, ch = (c & 1) ? g.cntH1 : g.cntH0;
+    g.units[c] = g.N * ((cd + 1) / 2) * ch;
+    total += g.units[c];
+  }
+  int nb[4] = {0, 0, 0, 0}, sum = 0;
+  for (int c = 0; c < 4; ++c) {
+    if (g.units[c] == 0) continue;
+    nb[c] = (int)std::max<int64_t>(1, (int64_t)sms * g.units[c] / std::max<int64_t>(total, 1));
+    nb[c] = std::min(nb[c], g.units[c]);
+    sum += nb[c];
+  }
+  while (sum > sms) {  // only when sms < 4 non-empty classes' minimum; take from the largest
+    int c = 0;
+    for (int i = 1; i < 4; ++i)
+      if (nb[i] > nb[c]) c = i;
+    if (nb[c] <= 1) break;
+    --nb[c];
+    --sum;
+  }
+  while (sum < sms) {  // the spare blocks to the classes with the most units per block
+    int best = -1;
+    for (int c = 0; c < 4; ++c)
+      if (nb[c] > 0 && nb[c] < g.units[c] &&
+          (best < 0 || (int64_t)g.units[c] * nb[best] > (int64_t)g.units[best] * nb[c]))
+        best = c;
+    if (best < 0) break;
+    ++nb[best];
+    ++sum;
+  }
+  g.block0[0] = 0;
+  for (int c = 0; c < 4; ++c) g.block0[c + 1] = g.block0[c] + nb[c];
+  g.unit0[0] = 0;
+  for (int c = 1; c < 4; ++c) g.unit0[c] = g.unit0[c - 1] + g.units[c - 1];
+}
+
 template <int CIN>
 constexpr size_t tc_smem_bytes() {
-  return (size_t)kOutTiles * 64 * 64 * sizeof(float) + (size_t)kStageTiles * 64 * kStageLd * sizeof(float) +
-         (size_t)kPairSlots * 2 * plane_bytes(CIN) + kBarBytes;
+  return (size_t)weight_bytes(CIN) + (size_t)kSlots * slot_bytes(CIN) + kConsumers * 4 * 2048 + 8 * (2 * kSlots + 2);
 }
 
 // Input re-layout + weight re-layout + the fused kernel. p.xt must point to workspace_bytes().
-template <int CIN, bool TANH, int MODE = 0, int OPT = 0>
-void launch_tc(const Params& p, const float* w, cudaStream_t stream) {
+template <int CIN, bool TANH, int MODE = 0>
+void launch_tc(const Params& p_in, const float* w, cudaStream_t stream) {
   constexpr size_t smem = tc_smem_bytes<CIN>();
   static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
   static const bool configured = [] {
-    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, OPT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          (int)smem);
     return true;
   }();
   (void)configured;
-  const Geometry& g = p.g;
+  Params p = p_in;
+  Geometry& g = p.g;
+  plan_blocks(g, device_sm_count());
+  p.stats = reinterpret_cast<float2*>(reinterpret_cast<char*>(p.xt) + stats_offset(g.N, CIN, g.D, g.H));
   relayout_input_kernel<CIN>
       <<<(unsigned)((int64_t)g.N * g.D + 1), 256, 0, stream>>>(p.x, reinterpret_cast<float4*>(p.xt), g);
-  const int prep_n = 8 * CIN * 128 * 4;
-  prep_weights_kernel<CIN><<<(prep_n + 255) / 256, 256, 0, stream>>>(w, p.g.pw, p.variant);
-  const CUtensorMap ymap = make_y_tensor_map(p);
-  const int sms = device_sm_count();
-  const int grid = g.total < sms ? g.total : sms;
-  fused_conv_tc_kernel<CIN, TANH, MODE, OPT><<<grid, kThreads, smem, stream>>>(p, ymap);
+  const int prep_n = 4 * 2 * CIN * 512;
+  prep_weights_kernel<CIN><<<(prep_n + 255) / 256, 256, 0, stream>>>(w, g.pw);
+  const CUtensorMap xmap = make_x_tensor_map<CIN>(p);
+  fused_conv_tc_kernel<CIN, TANH, MODE><<<g.block0[4], kThreads, smem, stream>>>(p, xmap);
+  scatter_row_stats_kernel<<<4 * device_sm_count(), 512, 0, stream>>>(p);
 }
 
 template <bool TANH>

@@ -6,7 +6,8 @@
 #   bench/standalone/ab_compare.sh OUT_DIR bench/kernels_history/fused_conv_v7.cu [rounds]
 # The snapshot is built with today's launcher (ops/fused_conv_transpose3d_ln_gelu_scale.cu) and
 # check program, so it must have today's interface (Params, make_params, workspace_bytes,
-# launch_tc<CIN, TANH, MODE, OPT>): v7 and the snapshots taken from it do.
+# launch_tc<CIN, TANH, MODE>, relayout_input_kernel): v7 and later snapshots do; the profiling
+# modes of the check mean what the current header says (v7's 9 is the full kernel).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:?usage: ab_compare.sh OUT_DIR SNAPSHOT [rounds]}

@@ -389,7 +389,7 @@ int probe_variants() {
   for (int v = 0; v < 4; ++v) {
     Result r = check(c, B, r64, r32, false, v);
     printf("probe variant %d: y rel=%.3e nonfinite=%llu\n", v, r.y64.rel, r.y64.bad);
-    if (r.y64.bad == 0 && r.y64.rel < best_err) {
+    if (r.y64.bad == 0 && r.y64.rel < 0.99 * best_err) {  // ties (bits without effect) keep the lower
       best_err = r.y64.rel;
       best = v;
     }
@@ -463,11 +463,11 @@ __global__ void store_pattern_kernel(minidl::fused_conv_detail::Geometry g, floa
 }
 
 // Where the time goes: the flagship with one part of the kernel switched off at a time.
-template <int MODE, int OPT = 0>
+template <int MODE>
 void time_mode(const Case& c, const Buffers& B, const float* w, int variant, const char* what) {
   namespace fc = minidl::fused_conv_detail;
   const fc::Params p = tc_params(c, B, variant);
-  Timing t = time_it([&] { fc::launch_tc<32, false, MODE, OPT>(p, w, 0); CK(cudaGetLastError()); });
+  Timing t = time_it([&] { fc::launch_tc<32, false, MODE>(p, w, 0); CK(cudaGetLastError()); });
   const double gflop = 2.0 * B.ny * c.Cin * 8 / 1e9;
   const double gbytes = (B.ny * 4.0 + B.nx * 4.0 + 2.0 * B.rows * 4) / 1e9;
   g_rows.push_back({std::string("  part: ") + what, t, gflop, gbytes});
@@ -476,11 +476,6 @@ void profile_parts(const Case& c, int variant) {
   namespace fc = minidl::fused_conv_detail;
   Buffers B = make_buffers(c);
   time_mode<0>(c, B, B.w, variant, "full kernel");
-  time_mode<0, fc::kOptDirectStores>(c, B, B.w, variant, "full, st.global stores");
-  time_mode<0, fc::kOptOneAccSet>(c, B, B.w, variant, "full, one acc set");
-  time_mode<0, fc::kOptOneAccSet | fc::kOptDirectStores>(c, B, B.w, variant, "full, one acc, st.global");
-  time_mode<5, fc::kOptOneAccSet>(c, B, B.w, variant, "epilogue only, one acc");
-  time_mode<4, fc::kOptOneAccSet>(c, B, B.w, variant, "wgmma only, one acc");
   {
     const fc::Params p = tc_params(c, B, variant);
     Timing t = time_it([&] {
@@ -496,8 +491,6 @@ void profile_parts(const Case& c, int variant) {
   time_mode<4>(c, B, B.w, variant, "wgmma only");
   time_mode<5>(c, B, B.w, variant, "epilogue only");
   time_mode<6>(c, B, B.w, variant, "input loads only");
-  time_mode<7>(c, B, B.w, variant, "epilogue alone (no staging)");
-  time_mode<8>(c, B, B.w, variant, "epilogue only, no y stores");
   time_mode<9>(c, B, B.w, variant, "full, no y stores");
   {
     const fc::Params p = tc_params(c, B, variant);
