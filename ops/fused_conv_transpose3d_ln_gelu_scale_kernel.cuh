@@ -38,9 +38,9 @@
 //  * LayerNorm statistics: a thread holds 16 of a row's 64 values (both parities); the row's
 //    four threads are one quad, so two shuffles finish each sum (two passes: mean, then squared
 //    deviations). The (mean, rstd) pairs go to a unit-ordered scratch in the workspace (64-byte
-//    runs) and a small second kernel puts them into mean / rstd [n][co][od][oh] with whole-sector
-//    writes: written in place they were 4-byte writes into sectors shared with the other oh
-//    parity's block, and cost 0.19 ms of the kernel's time (bench/NOTES.md).
+//    runs) and a small second kernel transposes them into mean / rstd [n][co][od][oh] with
+//    whole-line writes: written in place they were 4-byte writes into sectors shared with the
+//    other oh parity's block, and cost 0.19 ms of the kernel's time (bench/NOTES.md).
 //  * Shared memory per unit: 2048 wavefronts of wgmma operands (SS m64n64k8 reads 4 KB per 32
 //    tensor cycles), 512 of store scratch, 136 of input loads: the kernel's floor is there.
 //  * All element offsets into x, y, mean and rstd are 64-bit.
@@ -635,24 +635,38 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// (mean, rstd) from the unit-ordered scratch into mean / rstd [n][co][od][oh]: one thread per
-// row, consecutive threads on consecutive oh, so the writes are whole sectors (~0.03 ms at the
-// flagship size for 34 MB of row statistics).
-__global__ void scatter_row_stats_kernel(const Params p) {
+// (mean, rstd) from the unit-ordered scratch into mean / rstd [n][co][od][oh]: for one (n, od)
+// the scratch holds [oh][co] (a unit per oh, the two oh parities in different classes) and the
+// outputs want [co][oh], so each 32 x 8 block transposes a 32 oh x 32 co tile through shared
+// memory: 256-byte reads and 128-byte writes. Blocks: (n, od, 32-oh tile, co half).
+__global__ void __launch_bounds__(256) scatter_row_stats_kernel(const Params p) {
+  __shared__ float2 tile[32][33];
   const Geometry& g = p.g;
-  const int64_t rows = (int64_t)g.N * 64 * g.Dout * g.Hout;
-  for (int64_t row = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; row < rows;
-       row += (int64_t)gridDim.x * blockDim.x) {
-    const int oh = (int)(row % g.Hout);
-    int64_t rest = row / g.Hout;
-    const int od = (int)(rest % g.Dout);
-    rest /= g.Dout;
-    const int co = (int)(rest % 64), n = (int)(rest / 64);
-    const int pdp = (od + g.pd) & 1, php = (oh + g.ph) & 1, cls = pdp * 2 + php;
-    const int odi = (od - (pdp ? g.od01 : g.od00)) >> 1, ohi = (oh - (php ? g.oh01 : g.oh00)) >> 1;
-    const int cdp = ((pdp ? g.cntD1 : g.cntD0) + 1) >> 1, ch = php ? g.cntH1 : g.cntH0;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  int64_t b = blockIdx.x;
+  const int co0 = 32 * (int)(b & 1);
+  b >>= 1;
+  const int oh_tiles = (g.Hout + 31) / 32;
+  const int oh0 = 32 * (int)(b % oh_tiles);
+  b /= oh_tiles;
+  const int od = (int)(b % g.Dout), n = (int)(b / g.Dout);
+  const int pdp = (od + g.pd) & 1;
+  const int odi = (od - (pdp ? g.od01 : g.od00)) >> 1;
+  const int cdp = ((pdp ? g.cntD1 : g.cntD0) + 1) >> 1;
+  for (int y = ty; y < 32; y += 8) {
+    const int oh = oh0 + y;
+    if (oh >= g.Hout) break;
+    const int php = (oh + g.ph) & 1, cls = pdp * 2 + php;
+    const int ohi = (oh - (php ? g.oh01 : g.oh00)) >> 1, ch = php ? g.cntH1 : g.cntH0;
     const int64_t unit = g.unit0[cls] + ((int64_t)n * cdp + (odi >> 1)) * ch + ohi;
-    const float2 v = p.stats[unit * 128 + (odi & 1) * 64 + co];
+    tile[y][tx] = p.stats[unit * 128 + (odi & 1) * 64 + co0 + tx];
+  }
+  __syncthreads();
+  const int oh = oh0 + tx;
+  if (oh >= g.Hout) return;
+  for (int y = ty; y < 32; y += 8) {
+    const int64_t row = (((int64_t)n * 64 + co0 + y) * g.Dout + od) * g.Hout + oh;
+    const float2 v = tile[tx][y];
     p.mean[row] = v.x;
     p.rstd[row] = v.y;
   }
@@ -877,7 +891,8 @@ void launch_tc(const Params& p_in, const float* w, cudaStream_t stream) {
   prep_weights_kernel<CIN><<<(prep_n + 255) / 256, 256, 0, stream>>>(w, g.pw);
   const CUtensorMap xmap = make_x_tensor_map<CIN>(p);
   fused_conv_tc_kernel<CIN, TANH, MODE><<<g.block0[4], kThreads, smem, stream>>>(p, xmap);
-  scatter_row_stats_kernel<<<4 * device_sm_count(), 512, 0, stream>>>(p);
+  const int64_t scatter_blocks = (int64_t)g.N * g.Dout * ((g.Hout + 31) / 32) * 2;
+  scatter_row_stats_kernel<<<(unsigned)scatter_blocks, dim3(32, 8), 0, stream>>>(p);
 }
 
 template <bool TANH>
