@@ -379,7 +379,9 @@ void check_gelu() {
 }
 
 int probe_variants() {
-  // Which A-fragment k order / descriptor offset convention the hardware uses (documented: 0).
+  // Which descriptor convention the hardware uses (documented: 0). Bit 1 swaps LBO and SBO; bit
+  // 0 reorders register A fragments and has no effect on kernels whose operands are all in
+  // shared memory, so ties keep the lower variant.
   const Case c = {"probe N1 D3 H5", 1, 32, 3, 5, 32, 1, 1, 1, 0, 0, 0, true, false, 1.0f};
   Buffers B = make_buffers(c);
   Ref<double> r64 = make_ref<double>(c, B);
