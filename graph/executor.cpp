@@ -60,7 +60,12 @@ std::vector<Tensor> Executor::run(const std::map<std::string, Tensor>& feeds) {
     std::vector<Tensor> ins;
     for (const Value* v : n->inputs) ins.push_back(v ? live.at(v->id) : Tensor());
     std::vector<Tensor> outs;
-    for (const Value* v : n->outputs) {
+    for (size_t k = 0; k < n->outputs.size(); ++k) {
+      const Value* v = n->outputs[k];
+      if (k >= s.num_required_outputs && !last_use_.count(v->id) && !is_output(v)) {
+        outs.emplace_back();  // optional and unread: the kernel skips it
+        continue;
+      }
       outs.push_back(Tensor::empty(v->shape(), v->dtype(), device_));
       live_bytes += outs.back().nbytes();
     }
@@ -76,7 +81,7 @@ std::vector<Tensor> Executor::run(const std::map<std::string, Tensor>& feeds) {
       // An output nobody reads is dropped at once (e.g. layer_norm's mean when unused).
       auto lu = last_use_.find(v->id);
       if (lu == last_use_.end() && !is_output(v)) {
-        live_bytes -= outs[k].nbytes();
+        if (outs[k].defined()) live_bytes -= outs[k].nbytes();
         continue;
       }
       live[v->id] = outs[k];

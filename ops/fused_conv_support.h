@@ -78,14 +78,15 @@ inline std::string fused_conv_unsupported_reason(const Shape& x, const Shape& we
 
 #ifdef __CUDACC__
 // Runs the fused forward on `stream`: y = factor * gelu(layer_norm(conv_transpose3d(x, w) + bias)),
-// plus the per-row mean and rstd ([N, Cout, D_out, H_out]) of conv + bias. conv_bias, gamma and
-// beta may be null (zero bias, gamma = 1, beta = 0). The configuration must pass
-// fused_conv_unsupported_reason (else std::invalid_argument). precise = false uses TF32 tensor
-// cores (wgmma, sm_90a) and needs `workspace` (device memory of
-// fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(), for a re-laid-out copy of x, in use
-// until the kernel finishes); precise = true runs FP32 FMA throughout and needs none.
+// plus the per-row mean and rstd ([N, Cout, D_out, H_out]) of conv + bias where those pointers are
+// not null. conv_bias, gamma and beta may be null (zero bias, gamma = 1, beta = 0). The
+// configuration must pass fused_conv_unsupported_reason (else std::invalid_argument).
+// precise = false uses TF32 tensor cores (wgmma, sm_90a) and needs `workspace` (device memory of
+// fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(..., stats = mean || rstd), for a
+// re-laid-out copy of x and the statistics' scratch, in use until the kernels finish);
+// precise = true runs FP32 FMA throughout and needs none.
 size_t fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H,
-                                                             bool precise);
+                                                             bool precise, bool stats);
 void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w, const float* conv_bias,
                                                  const float* gamma, const float* beta, float* y, float* mean,
                                                  float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H,

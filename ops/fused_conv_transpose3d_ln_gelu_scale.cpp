@@ -1,5 +1,7 @@
 // fused_conv_transpose3d_ln_gelu_scale(x, conv_weight, conv_bias?, ln_weight, ln_bias)
 //   {stride, padding, output_padding, eps, approximate, factor, precise} -> y, mean, rstd
+// mean and rstd are optional outputs, computed only when something reads them (the gradient rule
+// does not: it recomputes them).
 // = fused_ln_gelu_scale(conv_transpose3d(x, conv_weight, conv_bias)). The CPU kernel runs the two
 // CPU kernels back to back through a temporary; `precise` only matters to the CUDA kernel (FP32
 // instead of TF32 tensor cores). The gradient rule recomputes the conv output z as a graph node
@@ -20,6 +22,7 @@ OpSchema schema() {
   // conv_bias may be omitted (nullptr); the shape rule requires ln_weight and ln_bias itself.
   s.num_required_inputs = 2;
   s.output_names = {"y", "mean", "rstd"};
+  s.num_required_outputs = 1;  // mean / rstd only when read (the gradient rule recomputes them)
   s.attrs = {{"stride", AttrKind::Ints, AttrValue::IntList({1, 1, 1})},
              {"padding", AttrKind::Ints, AttrValue::IntList({0, 0, 0})},
              {"output_padding", AttrKind::Ints, AttrValue::IntList({0, 0, 0})},
@@ -49,7 +52,8 @@ OpSchema schema() {
       ops::conv_transpose3d_cpu<T>(x.data<T>(), cw.data<T>(), has_bias ? ctx.in(2).data<T>() : nullptr,
                                    z.data<T>(), g);
       ops::ln_gelu_scale_forward_cpu<T>(z.data<T>(), ctx.in(3).data<T>(), ctx.in(4).data<T>(), ctx.out(0).data<T>(),
-                                        ctx.out(1).data<T>(), ctx.out(2).data<T>(), p);
+                                        ctx.out(1).defined() ? ctx.out(1).data<T>() : nullptr,
+                                        ctx.out(2).defined() ? ctx.out(2).data<T>() : nullptr, p);
     });
   };
   s.grad_rule = [](GradContext& ctx) -> std::vector<Value*> {

@@ -27,8 +27,8 @@ void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w,
 }
 
 size_t fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H,
-                                                             bool precise) {
-  return precise ? 0 : fused_conv_detail::workspace_bytes(N, Cin, D, H);
+                                                             bool precise, bool stats) {
+  return precise ? 0 : fused_conv_detail::workspace_bytes(N, Cin, D, H, stats);
 }
 
 #ifndef FUSED_CONV_STANDALONE
@@ -69,10 +69,13 @@ void fused_conv_cuda(KernelContext& ctx) {
   const int64_t Hout = (H - 1) * 2 - 2 * padding[1] + 4 + out_pad[1];
   const Shape y_shape = {N, Cout, Dout, Hout, normalized};
   MINIDL_CHECK(y.shape() == y_shape, kOp, ": output 'y' ", y.describe(), " must have shape ", shape_str(y_shape));
+  // mean and rstd are optional outputs: undefined when nothing reads them, and then not computed.
   const int64_t rows = N * Cout * Dout * Hout;
-  MINIDL_CHECK(ctx.out(1).numel() == rows && ctx.out(2).numel() == rows, kOp, ": outputs 'mean' ",
-               ctx.out(1).describe(), " and 'rstd' ", ctx.out(2).describe(), " must hold one value per row (", rows,
-               ")");
+  for (size_t k : {1, 2})
+    MINIDL_CHECK(!ctx.out(k).defined() || ctx.out(k).numel() == rows, kOp, ": output '", k == 1 ? "mean" : "rstd",
+                 "' ", ctx.out(k).describe(), " must hold one value per row (", rows, ")");
+  float* const mean = ctx.out(1).defined() ? ctx.out(1).data<float>() : nullptr;
+  float* const rstd = ctx.out(2).defined() ? ctx.out(2).data<float>() : nullptr;
   MINIDL_CHECK(!cb.defined() || cb.numel() == Cout, kOp, ": input 'conv_bias' ", cb.describe(), " must have ", Cout,
                " elements");
   MINIDL_CHECK(lw.numel() == normalized && lb.numel() == normalized, kOp, ": inputs 'ln_weight' ", lw.describe(),
@@ -87,7 +90,8 @@ void fused_conv_cuda(KernelContext& ctx) {
   // (or when it throws): every kernel runs on the one stream, so a later user of the block runs
   // after this kernel.
   const bool precise = ctx.attrs().get_bool("precise");
-  const size_t ws_bytes = fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(N, Cin, D, H, precise);
+  const size_t ws_bytes =
+      fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(N, Cin, D, H, precise, mean || rstd);
   struct Scratch {
     void* p;
     ~Scratch() {
@@ -97,7 +101,7 @@ void fused_conv_cuda(KernelContext& ctx) {
   void* const workspace = scratch.p;
   launch_fused_conv_transpose3d_ln_gelu_scale(
       x.data<float>(), w.data<float>(), cb.defined() ? cb.data<float>() : nullptr, lw.data<float>(),
-      lb.data<float>(), y.data<float>(), ctx.out(1).data<float>(), ctx.out(2).data<float>(), N, Cin, D, H, W, Cout,
+      lb.data<float>(), y.data<float>(), mean, rstd, N, Cin, D, H, W, Cout,
       (int)padding[0], (int)padding[1], (int)padding[2], (int)out_pad[0], (int)out_pad[1], (int)out_pad[2],
       (float)ctx.attrs().get_float("eps"), approx == "tanh", (float)ctx.attrs().get_float("factor"),
       precise, workspace, cuda::stream());

@@ -100,12 +100,13 @@ struct Params {
   Geometry g;
   const float* x;
   float* xt;  // re-laid-out input planes (workspace_bytes()), written by relayout_input_kernel
-  float2* stats;  // (mean, rstd) per row in unit order [unit][r][co], in the workspace after xt
+  float2* stats;  // (mean, rstd) per row in unit order [unit][r][co], in the workspace after xt;
+                  // null when neither mean nor rstd is wanted (both null): no statistics stored
   const float* bias;
   const float* gamma;
   const float* beta;
   float* y;
-  float* mean;
+  float* mean;  // either may be null: that output is not written
   float* rstd;
   float eps, factor;
   int variant;
@@ -377,7 +378,7 @@ __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc
     // (mean, rstd) into the unit-ordered scratch: 8 lanes write 64 contiguous bytes. Stored
     // straight into mean / rstd ([n][co][od][oh]) they were 4-byte writes to 8 rows each, and
     // every 32-byte sector shared with the other oh parity's block: 0.19 ms of the kernel.
-    if (t == 0)
+    if (t == 0 && p.stats)
       p.stats[(int64_t)ustat * 128 + (e & 1) * 64 + co_base + g8] =
           make_float2(mu[e] + bias_r[e >> 1], rs[e]);  // the bias shifts z, so the mean, nothing else
     const float nmrs = -mu[e] * rs[e];  // (v - mu) * rs as one FMA
@@ -667,8 +668,8 @@ __global__ void __launch_bounds__(256) scatter_row_stats_kernel(const Params p) 
   for (int y = ty; y < 32; y += 8) {
     const int64_t row = (((int64_t)n * 64 + co0 + y) * g.Dout + od) * g.Hout + oh;
     const float2 v = tile[tx][y];
-    p.mean[row] = v.x;
-    p.rstd[row] = v.y;
+    if (p.mean) p.mean[row] = v.x;
+    if (p.rstd) p.rstd[row] = v.y;
   }
 }
 
@@ -761,10 +762,8 @@ __global__ void __launch_bounds__(64) fused_conv_fp32_kernel(const Params p, con
       }
       __stcs(reinterpret_cast<float4*>(yrow + 4 * i4), make_float4(o[0], o[1], o[2], o[3]));
     }
-    if (og == 0) {
-      p.mean[row] = mu;
-      p.rstd[row] = rs;
-    }
+    if (og == 0 && p.mean) p.mean[row] = mu;
+    if (og == 0 && p.rstd) p.rstd[row] = rs;
   }
 }
 
@@ -777,13 +776,14 @@ inline int device_sm_count() {
 }
 
 // Scratch bytes the TF32 kernel needs: the re-laid-out input (N*D*H planes plus a zero plane),
-// then the row statistics in unit order, 1 KB per unit. Units: N x (od pairs of both d classes,
-// at most D + 3 in all, since D_out <= 2D + 3) x H_out (<= 2H + 3).
+// then, when mean or rstd is wanted (`stats`), the row statistics in unit order, 1 KB per unit.
+// Units: N x (od pairs of both d classes, at most D + 3 in all, since D_out <= 2D + 3) x H_out
+// (<= 2H + 3).
 inline size_t stats_offset(int64_t N, int64_t Cin, int64_t D, int64_t H) {
   return ((size_t)(N * D * H + 1) * plane_bytes((int)Cin) + 255) / 256 * 256;
 }
-inline size_t workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H) {
-  return stats_offset(N, Cin, D, H) + (size_t)N * (D + 3) * (2 * H + 3) * 128 * sizeof(float2);
+inline size_t workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H, bool stats = true) {
+  return stats_offset(N, Cin, D, H) + (stats ? (size_t)N * (D + 3) * (2 * H + 3) * 128 * sizeof(float2) : 0);
 }
 
 // The driver's tensor-map encoder, reached through the runtime (no link against libcuda).
@@ -884,13 +884,16 @@ void launch_tc(const Params& p_in, const float* w, cudaStream_t stream) {
   Params p = p_in;
   Geometry& g = p.g;
   plan_blocks(g, device_sm_count());
-  p.stats = reinterpret_cast<float2*>(reinterpret_cast<char*>(p.xt) + stats_offset(g.N, CIN, g.D, g.H));
+  const bool stats = p.mean || p.rstd;
+  p.stats = stats ? reinterpret_cast<float2*>(reinterpret_cast<char*>(p.xt) + stats_offset(g.N, CIN, g.D, g.H))
+                  : nullptr;
   relayout_input_kernel<CIN>
       <<<(unsigned)((int64_t)g.N * g.D + 1), 256, 0, stream>>>(p.x, reinterpret_cast<float4*>(p.xt), g);
   const int prep_n = 4 * 2 * CIN * 512;
   prep_weights_kernel<CIN><<<(prep_n + 255) / 256, 256, 0, stream>>>(w, g.pw);
   const CUtensorMap xmap = make_x_tensor_map<CIN>(p);
   fused_conv_tc_kernel<CIN, TANH, MODE><<<g.block0[4], kThreads, smem, stream>>>(p, xmap);
+  if (!stats) return;
   const int64_t scatter_blocks = (int64_t)g.N * g.Dout * ((g.Hout + 31) / 32) * 2;
   scatter_row_stats_kernel<<<(unsigned)scatter_blocks, dim3(32, 8), 0, stream>>>(p);
 }
@@ -953,8 +956,9 @@ inline Params make_params(const float* x, const float* conv_bias, const float* g
 }
 
 // The launcher behind launch_fused_conv_transpose3d_ln_gelu_scale; `variant` exists for the
-// standalone check's layout probe only. `workspace` (workspace_bytes(), 16-byte aligned) is used
-// by the TF32 kernel only; the precise kernel ignores it.
+// standalone check's layout probe only. `workspace` (workspace_bytes(..., mean || rstd), 16-byte
+// aligned) is used by the TF32 kernel only; the precise kernel ignores it. mean and rstd may be
+// null: that output is then not computed.
 inline void launch(const float* x, const float* w, const float* conv_bias, const float* gamma, const float* beta,
                    float* y, float* mean, float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W,
                    int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
@@ -974,7 +978,7 @@ inline void launch(const float* x, const float* w, const float* conv_bias, const
   }
   if (workspace == nullptr)
     throw std::invalid_argument("fused_conv_transpose3d_ln_gelu_scale: the TF32 kernel needs a workspace of " +
-                                std::to_string(workspace_bytes(N, Cin, D, H)) + " bytes");
+                                std::to_string(workspace_bytes(N, Cin, D, H, mean || rstd)) + " bytes");
   p.xt = static_cast<float*>(workspace);
   if (tanh_gelu)
     launch_tc_cin<true>(p, w, stream);

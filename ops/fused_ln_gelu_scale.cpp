@@ -42,8 +42,11 @@ void ln_gelu_scale_forward_cpu(const T* x, const T* w, const T* b, T* y, T* mean
   for (int64_t r = 0; r < p.rows; ++r) {
     const T* xr = x + r * C;
     T* yr = y + r * C;
-    ln_row_stats(xr, C, p.eps, mean[r], rstd[r]);
-    for (int64_t i = 0; i < C; ++i) yr[i] = gelu_value<T>(ln_affine<T>(xr[i], mean[r], rstd[r], w[i], b[i]), p.tanh_approx) * f;
+    T mu, rs;
+    ln_row_stats(xr, C, p.eps, mu, rs);
+    if (mean) mean[r] = mu;  // either may be null: not wanted
+    if (rstd) rstd[r] = rs;
+    for (int64_t i = 0; i < C; ++i) yr[i] = gelu_value<T>(ln_affine<T>(xr[i], mu, rs, w[i], b[i]), p.tanh_approx) * f;
   }
 }
 

@@ -3,6 +3,7 @@
 // file when minidl is built with CUDA) and its gradient rule. Look for op `foo` in ops/foo.cpp
 // (schema, shape rule, CPU kernel, gradient rule) and ops/foo.cu (CUDA kernels).
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <optional>
@@ -17,6 +18,8 @@ namespace minidl {
 // What a kernel sees: its node (for attributes), input tensors (undefined for an omitted
 // optional input) and output tensors already allocated by the executor with the inferred
 // shapes. Kernels must write every element of every output.
+// An output past the op's num_required_outputs may be undefined: nothing reads it, so the
+// executor passes no tensor and the kernel skips the work of computing it.
 struct KernelContext {
   const Node& node;
   std::vector<Tensor> inputs;
@@ -57,6 +60,10 @@ struct OpSchema {
   std::vector<std::string> input_names;  // for messages and dumps
   size_t num_required_inputs = 0;        // inputs past this may be omitted (nullptr)
   std::vector<std::string> output_names;
+  // Outputs past this index are computed only when something reads them (e.g. the row statistics
+  // a LayerNorm keeps for a backward that may not exist): the executor then hands the kernel an
+  // undefined tensor for each unread one. The default keeps every output.
+  size_t num_required_outputs = SIZE_MAX;
   std::vector<AttrSpec> attrs;
   ShapeRule shape_rule;
   Kernel cpu_kernel;

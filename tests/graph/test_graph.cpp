@@ -189,6 +189,48 @@ TEST_SUITE("graph/executor") {
     CHECK(ex.peak_intermediate_bytes() >= one);
   }
 
+  TEST_CASE("optional outputs nobody reads are not computed; read ones are") {
+    // The fused conv op's mean and rstd are optional: a graph that returns y alone has them
+    // skipped (not allocated, not written), one that returns mean too gets mean and only mean.
+    auto build = [](Graph& g) {
+      Value* x = g.add_input("x", {1, 8, 2, 3, 32});
+      Value* w = g.add_param("w", {8, 64, 4, 4, 4});
+      Value* gm = g.add_param("g", {64});
+      Value* bt = g.add_param("b", {64});
+      return g.add_node("fused_conv_transpose3d_ln_gelu_scale", {x, w, nullptr, gm, bt},
+                        {{"stride", AttrValue::IntList({2, 2, 2})}, {"padding", AttrValue::IntList({1, 1, 1})}});
+    };
+    const std::map<std::string, Tensor> feeds = {{"x", Tensor::uniform({1, 8, 2, 3, 32}, 0, 1, 41)},
+                                                 {"w", Tensor::uniform({8, 64, 4, 4, 4}, -0.1, 0.1, 42)},
+                                                 {"g", Tensor::uniform({64}, 0.5, 1.5, 43)},
+                                                 {"b", Tensor::uniform({64}, -0.5, 0.5, 44)}};
+    Graph g1("y_only"), g2("y_and_mean");
+    Node* n1 = build(g1);
+    g1.set_outputs({n1->output(0)});
+    Node* n2 = build(g2);
+    g2.set_outputs({n2->output(0), n2->output(1)});
+    Executor e1(g1, Device::cpu()), e2(g2, Device::cpu());
+    std::vector<Tensor> o1 = e1.run(feeds), o2 = e2.run(feeds);
+    REQUIRE(o1.size() == 1);
+    REQUIRE(o2.size() == 2);
+    minidl_test::check_close(o1[0], o2[0], 0.0, "y with and without the statistics");
+    // Peak: y alone, then y plus mean (rstd, unread, is still skipped).
+    CHECK(e1.peak_intermediate_bytes() == o1[0].nbytes());
+    CHECK(e2.peak_intermediate_bytes() == o1[0].nbytes() + o2[1].nbytes());
+    // The mean that was computed is the conv output's row mean: recompute row 0 from y's graph
+    // through the unfused chain's statistics (CPU kernel of layer_norm on the conv output).
+    Graph g3("unfused_stats");
+    Value* x = g3.add_input("x", {1, 8, 2, 3, 32});
+    Value* w = g3.add_param("w", {8, 64, 4, 4, 4});
+    Value* z = g3.add("conv_transpose3d", {x, w},
+                      {{"stride", AttrValue::IntList({2, 2, 2})}, {"padding", AttrValue::IntList({1, 1, 1})}});
+    Node* ln = g3.add_node("layer_norm", {z, nullptr, nullptr}, {{"normalized_shape", AttrValue::IntList({64})}});
+    g3.set_outputs({ln->output(1)});
+    Executor e3(g3, Device::cpu());
+    std::vector<Tensor> o3 = e3.run({{"x", feeds.at("x")}, {"w", feeds.at("w")}});
+    minidl_test::check_close(o2[1], o3[0].reshape(o2[1].shape()), 1e-5, "mean against layer_norm's");
+  }
+
   TEST_CASE("a CUDA graph on a machine without CUDA fails clearly") {
     if (cuda::cuda_available()) return;
     Graph g("c");
