@@ -15,7 +15,8 @@
 //    all 64 co x all 64 ow of both, K = Cin x 8 taps = 256. Per ow parity q it is the GEMM
 //    D[co 64][n 64] = W_q[co][k] * X[k][n] with n = 2u + r (r = 0: row A, 1: row B), one wgmma
 //    m64n64k8 per k-step, both operands from shared memory (SS): 64 wgmmas per unit.
-//  * Input re-layout. A pre-kernel writes x once more as planes, one per (n, id, ih):
+//  * Input re-layout. A pre-pass kernel (which also re-lays out the weights) writes x once more
+//    as planes, one per (n, id, ih):
 //    [ci/4][rho][ci%4] with rho = iw - iw_min over 34 rows (zeros outside [0, W)), TF32-rounded.
 //    A TMA tensor load then takes the planes id and id + 1 of one ih and interleaves them row by
 //    row: [ci/4][rho][r][ci%4], 16-byte rows. That is the K-major, no-swizzle layout wgmma wants
@@ -99,7 +100,7 @@ struct Geometry {
 struct Params {
   Geometry g;
   const float* x;
-  float* xt;  // re-laid-out input planes (workspace_bytes()), written by relayout_input_kernel
+  float* xt;  // re-laid-out input planes (workspace_bytes()), written by prepass_kernel
   float2* stats;  // (mean, rstd) per row in unit order [unit][r][co], in the workspace after xt;
                   // null when neither mean nor rstd is wanted (both null): no statistics stored
   const float* bias;
@@ -257,10 +258,11 @@ __device__ __forceinline__ float gelu_f(float v) {
 // channel ci = 8 ci8 + 4 kc + j, output channel co, taps (kd, kh, kw) = (pd_par + 2a,
 // ph_par + 2b, ((q+pw)&1) + 2c), where k-step s = ((a*2 + b)*2 + c)*(CIN/8) + ci8. A k-step is
 // one 2 KB A operand of wgmma m64n64k8 (K-major, no swizzle): LBO 1024 (kc), SBO 128 (co/8).
+// One float of it per call, idx < kWeightFloats<CIN>.
 template <int CIN>
-__global__ void prep_weights_kernel(const float* __restrict__ w, int pw) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= 4 * 2 * CIN * 512) return;
+constexpr int kWeightFloats = 4 * 2 * CIN * 512;
+template <int CIN>
+__device__ __forceinline__ void relayout_weight(const float* __restrict__ w, int pw, int idx) {
   const int j = idx & 3, r = (idx >> 2) & 7, mg = (idx >> 5) & 7, kc = (idx >> 8) & 1;
   const int s = (idx >> 9) % CIN, cq = (idx >> 9) / CIN;
   const int q = cq & 1, cls = cq >> 1;
@@ -297,28 +299,37 @@ __device__ __forceinline__ float gelu_unscaled(float u) {
   return TANH ? gelu_f<true>(u) : gelu_erf_fast(u);
 }
 
-// ---------------------------------------------------------------- input re-layout (TF32 path)
-// xt plane (n, id, ih) at index (n*D + id)*H + ih holds [ci/4][rho][ci%4] = x[n][ci][id][ih][iw]
-// with iw = iw_min + rho, zero outside [0, W), rounded to TF32; plane N*D*H is all zeros. One block
-// per (n, id); consecutive threads take consecutive rho, so each read is a coalesced run of one
-// channel's row and each write a 16-byte store.
+// ---------------------------------------------------------------- pre-pass (TF32 path)
+// The input re-layout and the weight re-layout in one launch. xt plane (n, id, ih) at index
+// (n*D + id)*H + ih holds [ci/4][rho][ci%4] = x[n][ci][id][ih][iw] with iw = iw_min + rho, zero
+// outside [0, W), rounded to TF32. A block takes kRelayoutRows rows ih of one (n, id) (2048 blocks
+// at the flagship: 15 per SM, so the last wave is short); consecutive threads take consecutive
+// rho, so each read is a coalesced run of one channel's row and each write a 16-byte store. The
+// blocks past `relayout_blocks` re-lay out the weights (256 floats each).
+constexpr int kRelayoutRows = 8;
+inline int relayout_blocks(const Geometry& g) {
+  return g.N * g.D * ((g.H + kRelayoutRows - 1) / kRelayoutRows);
+}
 template <int CIN>
-__global__ void relayout_input_kernel(const float* __restrict__ x, float4* __restrict__ xt, const Geometry g) {
-  constexpr int kPlaneF4 = CIN / 4 * kPlaneRows;
-  const int64_t nd = blockIdx.x;
-  const int64_t planes = (int64_t)g.N * g.D;
-  if (nd == planes) {  // the zero plane
-    for (int i = threadIdx.x; i < kPlaneF4; i += blockDim.x)
-      xt[planes * g.H * kPlaneF4 + i] = make_float4(0.f, 0.f, 0.f, 0.f);
+__global__ void __launch_bounds__(256) prepass_kernel(const float* __restrict__ x, float4* __restrict__ xt,
+                                                      const float* __restrict__ w, const Geometry g,
+                                                      int relayout_blocks) {
+  if ((int)blockIdx.x >= relayout_blocks) {
+    const int idx = ((int)blockIdx.x - relayout_blocks) * 256 + threadIdx.x;
+    if (idx < kWeightFloats<CIN>) relayout_weight<CIN>(w, g.pw, idx);
     return;
   }
+  constexpr int kPlaneF4 = CIN / 4 * kPlaneRows;
+  const int hb = (g.H + kRelayoutRows - 1) / kRelayoutRows;
+  const int64_t nd = blockIdx.x / hb;
+  const int ih0 = (int)(blockIdx.x % hb) * kRelayoutRows, rows = min(kRelayoutRows, g.H - ih0);
   const int n = (int)(nd / g.D), id = (int)(nd % g.D);
   const int iw_min = (g.pw >> 1) - 1;
   const int64_t chan = (int64_t)g.D * g.H * g.W;
-  const float* xs = x + ((int64_t)n * CIN * g.D + id) * g.H * g.W;
-  float4* dst = xt + nd * g.H * kPlaneF4;
+  const float* xs = x + (((int64_t)n * CIN * g.D + id) * g.H + ih0) * g.W;
+  float4* dst = xt + (nd * g.H + ih0) * kPlaneF4;
 #pragma unroll 4
-  for (int i = threadIdx.x; i < g.H * kPlaneF4; i += blockDim.x) {
+  for (int i = threadIdx.x; i < rows * kPlaneF4; i += blockDim.x) {
     const int ih = i / kPlaneF4, e = i - ih * kPlaneF4;
     const int ci4 = e / kPlaneRows, iw = iw_min + (e - ci4 * kPlaneRows);
     float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -775,12 +786,12 @@ inline int device_sm_count() {
   return n > 0 ? n : 1;
 }
 
-// Scratch bytes the TF32 kernel needs: the re-laid-out input (N*D*H planes plus a zero plane),
+// Scratch bytes the TF32 kernel needs: the re-laid-out input (N*D*H planes),
 // then, when mean or rstd is wanted (`stats`), the row statistics in unit order, 1 KB per unit.
 // Units: N x (od pairs of both d classes, at most D + 3 in all, since D_out <= 2D + 3) x H_out
 // (<= 2H + 3).
 inline size_t stats_offset(int64_t N, int64_t Cin, int64_t D, int64_t H) {
-  return ((size_t)(N * D * H + 1) * plane_bytes((int)Cin) + 255) / 256 * 256;
+  return ((size_t)(N * D * H) * plane_bytes((int)Cin) + 255) / 256 * 256;
 }
 inline size_t workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H, bool stats = true) {
   return stats_offset(N, Cin, D, H) + (stats ? (size_t)N * (D + 3) * (2 * H + 3) * 128 * sizeof(float2) : 0);
@@ -887,10 +898,9 @@ void launch_tc(const Params& p_in, const float* w, cudaStream_t stream) {
   const bool stats = p.mean || p.rstd;
   p.stats = stats ? reinterpret_cast<float2*>(reinterpret_cast<char*>(p.xt) + stats_offset(g.N, CIN, g.D, g.H))
                   : nullptr;
-  relayout_input_kernel<CIN>
-      <<<(unsigned)((int64_t)g.N * g.D + 1), 256, 0, stream>>>(p.x, reinterpret_cast<float4*>(p.xt), g);
-  const int prep_n = 4 * 2 * CIN * 512;
-  prep_weights_kernel<CIN><<<(prep_n + 255) / 256, 256, 0, stream>>>(w, g.pw);
+  const int rb = relayout_blocks(g);
+  prepass_kernel<CIN><<<(unsigned)(rb + (kWeightFloats<CIN> + 255) / 256), 256, 0, stream>>>(
+      p.x, reinterpret_cast<float4*>(p.xt), w, g, rb);
   const CUtensorMap xmap = make_x_tensor_map<CIN>(p);
   fused_conv_tc_kernel<CIN, TANH, MODE><<<g.block0[4], kThreads, smem, stream>>>(p, xmap);
   if (!stats) return;

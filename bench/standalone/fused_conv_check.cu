@@ -242,13 +242,23 @@ void run_kernel(const Case& c, const Buffers& B, bool precise, int variant, bool
   CK(cudaGetLastError());
 }
 
+// The workspace into Params: `workspace` today, `xt` in the snapshots up to v9 (for ab_compare.sh).
+template <class P>
+auto attach_workspace(P& p, void* ws, int) -> decltype(p.xt = static_cast<float*>(ws), void()) {
+  p.xt = static_cast<float*>(ws);
+}
+template <class P>
+void attach_workspace(P& p, void* ws, long) {
+  p.workspace = ws;
+}
+
 // Parameters of the TF32 kernel for a case, its workspace attached (for launching launch_tc
 // directly: profiling modes and build options).
 minidl::fused_conv_detail::Params tc_params(const Case& c, const Buffers& B, int variant) {
   namespace fc = minidl::fused_conv_detail;
   fc::Params p = fc::make_params(B.x, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin, c.D,
                                  c.H, c.W, 64, c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor, variant);
-  p.xt = static_cast<float*>(workspace_for(c));
+  attach_workspace(p, workspace_for(c), 0);
   return p;
 }
 
@@ -482,15 +492,6 @@ void profile_parts(const Case& c, int variant) {
   namespace fc = minidl::fused_conv_detail;
   Buffers B = make_buffers(c);
   time_mode<0>(c, B, B.w, variant, "full kernel");
-  {
-    const fc::Params p = tc_params(c, B, variant);
-    Timing t = time_it([&] {
-      fc::relayout_input_kernel<32><<<(unsigned)(c.N * c.D + 1), 256>>>(B.x, reinterpret_cast<float4*>(p.xt), p.g);
-      CK(cudaGetLastError());
-    });
-    const double gbytes = (B.nx * 4.0 + fc::workspace_bytes(c.N, c.Cin, c.D, c.H)) / 1e9;
-    g_rows.push_back({"  part: input re-layout alone", t, 0.0, gbytes});
-  }
   time_mode<1>(c, B, B.w, variant, "no wgmma");
   time_mode<2>(c, B, B.w, variant, "no LN/GELU math");
   time_mode<3>(c, B, B.w, variant, "no input loads");
