@@ -117,6 +117,8 @@ struct Params {
   int variant;
 };
 
+// One output row (n, od, oh) of parity class cls: the precise kernel's work item (one block per
+// row, in the order oh fastest, then od, n, class).
 struct Item {
   int cls, n, od, oh;
 };
@@ -138,28 +140,6 @@ __device__ __forceinline__ Item decode_item(const Geometry& g, int i) {
   it.oh = (php ? g.oh01 : g.oh00) + 2 * ohi;
   return it;
 }
-
-// The item after `it` in the same order as decode_item (oh fastest, then od, n, class): a few
-// compares instead of the divisions of decode_item.
-// Returns true when the new item is row oh + 2 of the same (class, n, od) (its input slab
-// overlaps the previous one by half).
-__device__ __forceinline__ bool advance_item(const Geometry& g, Item& it) {
-  it.oh += 2;
-  if (it.oh < g.Hout) return true;
-  it.od += 2;
-  it.oh = (it.cls & 1) ? g.oh01 : g.oh00;
-  if (it.od < g.Dout) return false;
-  it.od = (it.cls >> 1) ? g.od01 : g.od00;
-  if (++it.n < g.N) return false;
-  it.n = 0;
-  do {  // next non-empty class
-    ++it.cls;
-  } while (it.cls < 3 && ((it.cls >> 1) ? g.cntD1 : g.cntD0) * ((it.cls & 1) ? g.cntH1 : g.cntH0) == 0);
-  it.od = (it.cls >> 1) ? g.od01 : g.od00;
-  it.oh = (it.cls & 1) ? g.oh01 : g.oh00;
-  return false;
-}
-
 
 // A unit of the TF32 kernel: rows (n, od, oh) and (n, od + 2, oh) of one class. Units of a class
 // are ordered oh fastest, then od pairs (od advances by 4), then n.

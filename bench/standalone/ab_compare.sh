@@ -3,11 +3,11 @@
 # bench/kernels_history, both built from bench/standalone/fused_conv_check.cu and run in turn
 # (--check: every correctness case, then the flagship timing and its parts), so that the two are
 # compared within one run on one device.
-#   bench/standalone/ab_compare.sh OUT_DIR bench/kernels_history/fused_conv_v7.cu [rounds]
+#   bench/standalone/ab_compare.sh OUT_DIR bench/kernels_history/fused_conv_v9.cu [rounds]
 # The snapshot is built with today's launcher (ops/fused_conv_transpose3d_ln_gelu_scale.cu) and
 # check program, so it must have today's interface (Params, make_params, workspace_bytes,
-# launch_tc<CIN, TANH, MODE>, relayout_input_kernel): v7 and later snapshots do; the profiling
-# modes of the check mean what the current header says (v7's 9 is the full kernel).
+# launch_tc<CIN, TANH, MODE>, plan_blocks, decode_unit / advance_unit): v9 and later snapshots do;
+# the profiling modes of the check mean what the current header says.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:?usage: ab_compare.sh OUT_DIR SNAPSHOT [rounds]}

@@ -459,22 +459,28 @@ void bench_case(const Case& c, int variant, bool precise_too) {
 }
 
 // Write-bandwidth reference: every output row (n, co, od, oh) written with 16-byte streaming stores
-// by 132 persistent blocks walking the items in the fused kernel's order (64 rows of 256 bytes,
-// 512 KB apart, per item), with nothing else to do.
+// by the fused kernel's blocks (g after plan_blocks), each walking its units in the kernel's order
+// (row pairs (od, od + 2) of one class, oh fastest: 128 rows of 256 bytes, 512 KB apart, per
+// unit), with nothing else to do.
 __global__ void store_pattern_kernel(minidl::fused_conv_detail::Geometry g, float* y) {
   namespace fc = minidl::fused_conv_detail;
-  const int it0 = (int)((int64_t)blockIdx.x * g.total / gridDim.x);
-  const int it1 = (int)((int64_t)(blockIdx.x + 1) * g.total / gridDim.x);
-  if (it0 >= it1) return;
-  fc::Item cur = fc::decode_item(g, it0);
+  const int blk = blockIdx.x;
+  const int cls = (blk >= g.block0[1]) + (blk >= g.block0[2]) + (blk >= g.block0[3]);
+  const int nblk = g.block0[cls + 1] - g.block0[cls], lblk = blk - g.block0[cls];
+  const int u0 = (int)((int64_t)g.units[cls] * lblk / nblk);
+  const int u1 = (int)((int64_t)g.units[cls] * (lblk + 1) / nblk);
+  if (u0 >= u1) return;
+  fc::Unit u = fc::decode_unit(g, cls, u0);
   const int64_t plane = (int64_t)g.Dout * g.Hout;
-  for (int k = it0; k < it1; ++k) {
-    const int64_t row0 = ((int64_t)cur.n * 64 * g.Dout + cur.od) * g.Hout + cur.oh;
-    for (int e = threadIdx.x; e < 64 * 16; e += blockDim.x) {
-      const int co = e >> 4, c4 = e & 15;
-      __stcs(reinterpret_cast<float4*>(y + (row0 + co * plane) * 64) + c4, make_float4(1.f, 2.f, 3.f, 4.f));
+  for (int k = u0; k < u1; ++k) {
+    for (int r = 0; r < 2 && u.od + 2 * r < g.Dout; ++r) {
+      const int64_t row0 = ((int64_t)u.n * 64 * g.Dout + u.od + 2 * r) * g.Hout + u.oh;
+      for (int e = threadIdx.x; e < 64 * 16; e += blockDim.x) {
+        const int co = e >> 4, c4 = e & 15;
+        __stcs(reinterpret_cast<float4*>(y + (row0 + co * plane) * 64) + c4, make_float4(1.f, 2.f, 3.f, 4.f));
+      }
     }
-    fc::advance_item(g, cur);
+    fc::advance_unit(g, cls, u);
   }
 }
 
@@ -500,9 +506,10 @@ void profile_parts(const Case& c, int variant) {
   time_mode<6>(c, B, B.w, variant, "input loads only");
   time_mode<9>(c, B, B.w, variant, "full, no y stores");
   {
-    const fc::Params p = tc_params(c, B, variant);
+    fc::Params p = tc_params(c, B, variant);
+    fc::plan_blocks(p.g, fc::device_sm_count());
     Timing t = time_it([&] {
-      store_pattern_kernel<<<132, 512>>>(p.g, B.y);
+      store_pattern_kernel<<<p.g.block0[4], 512>>>(p.g, B.y);
       CK(cudaGetLastError());
     });
     g_rows.push_back({"  ref: y stores alone (same order)", t, 0.0, B.ny * 4.0 / 1e9});
