@@ -107,6 +107,7 @@ OpSchema forward_schema() {
   s.input_names = {"x", "ln_weight", "ln_bias"};
   s.num_required_inputs = 3;
   s.output_names = {"y", "mean", "rstd"};
+  s.num_required_outputs = 1;  // mean / rstd only when read (by the backward, say)
   s.attrs = epilogue_attrs();
   s.shape_rule = [](const TypeList& in, const Attrs& a) -> std::vector<TensorType> {
     const std::string op = "fused_ln_gelu_scale";
@@ -121,7 +122,8 @@ OpSchema forward_schema() {
     ops::dispatch_float(ctx.in(0).dtype(), [&](auto tag) {
       using T = decltype(tag);
       ops::ln_gelu_scale_forward_cpu<T>(ctx.in(0).data<T>(), ctx.in(1).data<T>(), ctx.in(2).data<T>(),
-                                        ctx.out(0).data<T>(), ctx.out(1).data<T>(), ctx.out(2).data<T>(), p);
+                                        ctx.out(0).data<T>(), ctx.out(1).defined() ? ctx.out(1).data<T>() : nullptr,
+                                        ctx.out(2).defined() ? ctx.out(2).data<T>() : nullptr, p);
     });
   };
   s.grad_rule = [](GradContext& ctx) -> std::vector<Value*> {

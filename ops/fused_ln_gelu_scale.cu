@@ -29,8 +29,8 @@ void fused_forward_cuda(KernelContext& ctx) {
   a.w = ctx.in(1).data<float>();
   a.b = ctx.in(2).data<float>();
   a.y = ctx.out(0).data<float>();
-  a.mean = ctx.out(1).data<float>();
-  a.rstd = ctx.out(2).data<float>();
+  a.mean = ctx.out(1).defined() ? ctx.out(1).data<float>() : nullptr;  // optional outputs
+  a.rstd = ctx.out(2).defined() ? ctx.out(2).data<float>() : nullptr;
   a.rows = p.rows;
   a.cols = p.cols;
   a.eps = static_cast<float>(p.eps);

@@ -36,6 +36,7 @@ OpSchema forward_schema() {
   s.input_names = {"x", "weight", "bias"};
   s.num_required_inputs = 1;
   s.output_names = {"y", "mean", "rstd"};
+  s.num_required_outputs = 1;  // mean / rstd only when read (by the backward, say)
   s.attrs = {{"normalized_shape", AttrKind::Ints, std::nullopt}, {"eps", AttrKind::Float, AttrValue::Float(1e-5)}};
   s.shape_rule = [](const TypeList& in, const Attrs& a) -> std::vector<TensorType> {
     const TensorType& x = require_input("layer_norm", in, 0, "x");
@@ -57,14 +58,16 @@ OpSchema forward_schema() {
       const T* w = ctx.inputs.size() > 1 && ctx.in(1).defined() ? ctx.in(1).data<T>() : nullptr;
       const T* b = ctx.inputs.size() > 2 && ctx.in(2).defined() ? ctx.in(2).data<T>() : nullptr;
       T* y = ctx.out(0).data<T>();
-      T* mean = ctx.out(1).data<T>();
-      T* rstd = ctx.out(2).data<T>();
+      T* mean = ctx.out(1).defined() ? ctx.out(1).data<T>() : nullptr;  // optional outputs
+      T* rstd = ctx.out(2).defined() ? ctx.out(2).data<T>() : nullptr;
       for (int64_t r = 0; r < rows; ++r) {
         const T* xr = xp + r * n;
         T* yr = y + r * n;
-        ops::ln_row_stats(xr, n, eps, mean[r], rstd[r]);
-        for (int64_t i = 0; i < n; ++i)
-          yr[i] = ops::ln_affine<T>(xr[i], mean[r], rstd[r], w ? w[i] : T(1), b ? b[i] : T(0));
+        T mu, rs;
+        ops::ln_row_stats(xr, n, eps, mu, rs);
+        if (mean) mean[r] = mu;
+        if (rstd) rstd[r] = rs;
+        for (int64_t i = 0; i < n; ++i) yr[i] = ops::ln_affine<T>(xr[i], mu, rs, w ? w[i] : T(1), b ? b[i] : T(0));
       }
     });
   };

@@ -66,6 +66,39 @@ inline RunResult run_cpu_vs_cuda(const NodeBuilder& build, const std::vector<Ten
   return res;
 }
 
+// Runs the CUDA kernel twice on the same inputs: with every output, then with the op's optional
+// outputs (past OpSchema::num_required_outputs) left undefined, as the executor passes them when
+// nothing reads them. The required outputs must come out bit for bit the same, and written
+// (poisoned beforehand).
+inline void check_optional_outputs_skipped(const std::string& what, const NodeBuilder& build,
+                                           const std::vector<Tensor>& inputs) {
+  Graph g("optional");
+  Node* n = build(g, DType::F32);
+  const minidl::OpSchema& s = minidl::op_schema(n->op);
+  REQUIRE_MESSAGE(s.num_required_outputs < n->outputs.size(), n->op, " has no optional outputs");
+  std::vector<Tensor> ins;
+  for (const Tensor& t : inputs) ins.push_back(t.defined() ? t.to(Device::cuda()) : Tensor());
+  auto run = [&](bool all) {
+    std::vector<Tensor> outs;
+    for (size_t k = 0; k < n->outputs.size(); ++k)
+      outs.push_back(all || k < s.num_required_outputs
+                         ? minidl_test::poisoned(n->outputs[k]->shape(), DType::F32, Device::cuda())
+                         : Tensor());
+    KernelContext ctx{*n, ins, outs};
+    s.cuda_kernel(ctx);
+    minidl::cuda::synchronize();
+    std::vector<Tensor> res;
+    for (size_t k = 0; k < s.num_required_outputs; ++k) res.push_back(ctx.outputs[k].cpu());
+    return res;
+  };
+  const std::vector<Tensor> with = run(true), without = run(false);
+  for (size_t k = 0; k < with.size(); ++k) {
+    CHECK_MESSAGE(minidl::all_finite(without[k]), what, ": output ", k, " not fully written");
+    minidl_test::check_close(without[k], with[k], 0.0, what + ": output " + std::to_string(k) +
+                                                           " without the optional outputs");
+  }
+}
+
 // Compares every output (tols[i] per output; a negative tolerance skips that output).
 inline void check_op(const std::string& what, const NodeBuilder& build, const std::vector<Tensor>& inputs,
                      const std::vector<double>& tols) {

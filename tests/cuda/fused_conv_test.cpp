@@ -96,26 +96,10 @@ TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
     // The executor leaves unread optional outputs undefined; the kernels then skip the
     // statistics (the TF32 path also skips its scratch and second kernel).
     const Shape x{2, 32, 3, 5, 32};
-    const std::vector<Tensor> ins = fused_conv_inputs(x, 64, true, 650);
-    for (bool precise : {false, true}) {
-      Graph g("nostats");
-      Node* n = fused_conv_node(x, 64, true, fused_conv_attrs(precise))(g, DType::F32);
-      std::vector<Tensor> dev_ins;
-      for (const Tensor& t : ins) dev_ins.push_back(t.defined() ? t.to(Device::cuda()) : Tensor());
-      auto run = [&](bool stats) {
-        std::vector<Tensor> outs;
-        for (size_t k = 0; k < n->outputs.size(); ++k)
-          outs.push_back(k == 0 || stats ? minidl_test::poisoned(n->outputs[k]->shape(), DType::F32, Device::cuda())
-                                         : Tensor());
-        KernelContext ctx{*n, dev_ins, outs};
-        op_schema(kOp).cuda_kernel(ctx);
-        cuda::synchronize();
-        return ctx.outputs[0].cpu();
-      };
-      const Tensor with = run(true), without = run(false);
-      CHECK(all_finite(without));
-      minidl_test::check_close(without, with, 0.0, precise ? "precise y without statistics" : "tf32 y without statistics");
-    }
+    for (bool precise : {false, true})
+      check_optional_outputs_skipped(std::string(kOp) + (precise ? " precise" : " tf32"),
+                                     fused_conv_node(x, 64, true, fused_conv_attrs(precise)),
+                                     fused_conv_inputs(x, 64, true, 650));
   }
 
   TEST_CASE("the flagship size matches the CPU") {

@@ -56,16 +56,17 @@ TEST_SUITE("cuda/layer_norm") {
       const Shape L = lead(c.x, c.ns.size());
       const std::string what = "layer_norm " + shape_str(c.x) + " over " + shape_str(c.ns) + (c.affine ? "" : " no affine");
       Tensor x = rand_f32(c.x, 51, 0.5, 3.0), w = rand_f32(c.ns, 52, 0.5, 1.5), b = rand_f32(c.ns, 53);
-      check_op(what,
-               [&](Graph& g, DType t) {
-                 std::vector<Value*> in{g.add_input("x", c.x, t)};
-                 if (c.affine) {
-                   in.push_back(g.add_input("w", c.ns, t));
-                   in.push_back(g.add_input("b", c.ns, t));
-                 }
-                 return g.add_node("layer_norm", in, ln_attrs(c.ns));
-               },
-               c.affine ? std::vector<Tensor>{x, w, b} : std::vector<Tensor>{x}, {kFp32Tol});
+      const NodeBuilder fwd = [&](Graph& g, DType t) {
+        std::vector<Value*> in{g.add_input("x", c.x, t)};
+        if (c.affine) {
+          in.push_back(g.add_input("w", c.ns, t));
+          in.push_back(g.add_input("b", c.ns, t));
+        }
+        return g.add_node("layer_norm", in, ln_attrs(c.ns));
+      };
+      const std::vector<Tensor> fwd_in = c.affine ? std::vector<Tensor>{x, w, b} : std::vector<Tensor>{x};
+      check_op(what, fwd, fwd_in, {kFp32Tol});
+      check_optional_outputs_skipped(what, fwd, fwd_in);  // inference: mean / rstd unread
       // Backward from the reference statistics (computed on the CPU in f64, rounded to f32).
       RunResult fw = run_cpu_vs_cuda(
           [&](Graph& g, DType t) { return g.add_node("layer_norm", {g.add_input("x", c.x, t)}, ln_attrs(c.ns)); }, {x});
@@ -107,6 +108,7 @@ TEST_SUITE("cuda/fused_ln_gelu_scale") {
                           fused_attrs(c.approx, c.factor));
       };
       check_op(what, fwd, {x, w, b}, {kFp32Tol});
+      check_optional_outputs_skipped(what, fwd, {x, w, b});  // inference: mean / rstd unread
       RunResult fw = run_cpu_vs_cuda(fwd, {x, w, b});
       Tensor mean = fw.ref[1].to(DType::F32), rstd = fw.ref[2].to(DType::F32);
       check_op(what + " backward",

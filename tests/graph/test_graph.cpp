@@ -229,6 +229,29 @@ TEST_SUITE("graph/executor") {
     Executor e3(g3, Device::cpu());
     std::vector<Tensor> o3 = e3.run({{"x", feeds.at("x")}, {"w", feeds.at("w")}});
     minidl_test::check_close(o2[1], o3[0].reshape(o2[1].shape()), 1e-5, "mean against layer_norm's");
+
+    // layer_norm and fused_ln_gelu_scale too: y alone, then y and rstd.
+    for (const char* op : {"layer_norm", "fused_ln_gelu_scale"}) {
+      const bool ln = std::string(op) == "layer_norm";
+      Attrs attrs = ln ? Attrs{{"normalized_shape", AttrValue::IntList({16})}} : Attrs{};
+      const std::map<std::string, Tensor> f = {{"x", Tensor::uniform({6, 16}, -2, 2, 45)},
+                                               {"g", Tensor::uniform({16}, 0.5, 1.5, 46)},
+                                               {"b", Tensor::uniform({16}, -0.5, 0.5, 47)}};
+      std::vector<Tensor> outs[2];
+      size_t peaks[2];
+      for (int with_rstd = 0; with_rstd < 2; ++with_rstd) {
+        Graph g(op);
+        Node* n = g.add_node(op, {g.add_input("x", {6, 16}), g.add_param("g", {16}), g.add_param("b", {16})}, attrs);
+        g.set_outputs(with_rstd ? std::vector<Value*>{n->output(0), n->output(2)} : std::vector<Value*>{n->output(0)});
+        Executor e(g, Device::cpu());
+        outs[with_rstd] = e.run(f);
+        peaks[with_rstd] = e.peak_intermediate_bytes();
+      }
+      minidl_test::check_close(outs[0][0], outs[1][0], 0.0, std::string(op) + ": y with and without rstd");
+      CHECK(peaks[0] == outs[0][0].nbytes());
+      CHECK(peaks[1] == outs[0][0].nbytes() + outs[1][1].nbytes());
+      CHECK(outs[1][1].get(0) > 0.0);  // rstd written
+    }
   }
 
   TEST_CASE("a CUDA graph on a machine without CUDA fails clearly") {
