@@ -78,7 +78,7 @@ std::vector<Tensor> Executor::run(const std::map<std::string, Tensor>& feeds) {
     }
     for (size_t k = 0; k < n->outputs.size(); ++k) {
       const Value* v = n->outputs[k];
-      // An output nobody reads is dropped at once (e.g. layer_norm's mean when unused).
+      // An output nobody reads is dropped at once (an optional one was never allocated).
       auto lu = last_use_.find(v->id);
       if (lu == last_use_.end() && !is_output(v)) {
         if (outs[k].defined()) live_bytes -= outs[k].nbytes();
