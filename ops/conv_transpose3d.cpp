@@ -289,7 +289,7 @@ OpSchema forward_schema() {
     ops::ConvGeom g = ops::conv_geom(ctx.in(0).shape(), ctx.in(1).shape(), ctx.out(0).shape(), ctx.attrs());
     ops::dispatch_float(ctx.in(0).dtype(), [&](auto tag) {
       using T = decltype(tag);
-      const T* b = ctx.inputs.size() > 2 && ctx.in(2).defined() ? ctx.in(2).data<T>() : nullptr;
+      const T* b = ctx.in_data_or_null<T>(2);
       ops::conv_transpose3d_cpu<T>(ctx.in(0).data<T>(), ctx.in(1).data<T>(), b, ctx.out(0).data<T>(), g);
     });
   };

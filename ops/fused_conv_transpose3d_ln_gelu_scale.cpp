@@ -43,17 +43,14 @@ OpSchema schema() {
   s.cpu_kernel = [](KernelContext& ctx) {
     const Tensor& x = ctx.in(0);
     const Tensor& cw = ctx.in(1);
-    const bool has_bias = ctx.in(2).defined();
     ops::ConvGeom g = ops::conv_geom(x.shape(), cw.shape(), ctx.out(0).shape(), ctx.attrs());
     ops::LnGeluScaleParams p = ops::ln_gelu_scale_params(kOp, ctx.attrs(), ctx.out(0).shape());
     Tensor z = Tensor::empty(ctx.out(0).shape(), x.dtype());
     ops::dispatch_float(x.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      ops::conv_transpose3d_cpu<T>(x.data<T>(), cw.data<T>(), has_bias ? ctx.in(2).data<T>() : nullptr,
-                                   z.data<T>(), g);
+      ops::conv_transpose3d_cpu<T>(x.data<T>(), cw.data<T>(), ctx.in_data_or_null<T>(2), z.data<T>(), g);
       ops::ln_gelu_scale_forward_cpu<T>(z.data<T>(), ctx.in(3).data<T>(), ctx.in(4).data<T>(), ctx.out(0).data<T>(),
-                                        ctx.out(1).defined() ? ctx.out(1).data<T>() : nullptr,
-                                        ctx.out(2).defined() ? ctx.out(2).data<T>() : nullptr, p);
+                                        ctx.out_data_or_null<T>(1), ctx.out_data_or_null<T>(2), p);
     });
   };
   s.grad_rule = [](GradContext& ctx) -> std::vector<Value*> {

@@ -74,8 +74,8 @@ void fused_conv_cuda(KernelContext& ctx) {
   for (size_t k : {1, 2})
     MINIDL_CHECK(!ctx.out(k).defined() || ctx.out(k).numel() == rows, kOp, ": output '", k == 1 ? "mean" : "rstd",
                  "' ", ctx.out(k).describe(), " must hold one value per row (", rows, ")");
-  float* const mean = ctx.out(1).defined() ? ctx.out(1).data<float>() : nullptr;
-  float* const rstd = ctx.out(2).defined() ? ctx.out(2).data<float>() : nullptr;
+  float* const mean = ctx.out_data_or_null<float>(1);
+  float* const rstd = ctx.out_data_or_null<float>(2);
   MINIDL_CHECK(!cb.defined() || cb.numel() == Cout, kOp, ": input 'conv_bias' ", cb.describe(), " must have ", Cout,
                " elements");
   MINIDL_CHECK(lw.numel() == normalized && lb.numel() == normalized, kOp, ": inputs 'ln_weight' ", lw.describe(),
@@ -100,7 +100,7 @@ void fused_conv_cuda(KernelContext& ctx) {
   } scratch{ws_bytes ? cuda::allocate(ws_bytes) : nullptr};
   void* const workspace = scratch.p;
   launch_fused_conv_transpose3d_ln_gelu_scale(
-      x.data<float>(), w.data<float>(), cb.defined() ? cb.data<float>() : nullptr, lw.data<float>(),
+      x.data<float>(), w.data<float>(), ctx.in_data_or_null<float>(2), lw.data<float>(),
       lb.data<float>(), y.data<float>(), mean, rstd, N, Cin, D, H, W, Cout,
       (int)padding[0], (int)padding[1], (int)padding[2], (int)out_pad[0], (int)out_pad[1], (int)out_pad[2],
       (float)ctx.attrs().get_float("eps"), approx == "tanh", (float)ctx.attrs().get_float("factor"),

@@ -122,8 +122,7 @@ OpSchema forward_schema() {
     ops::dispatch_float(ctx.in(0).dtype(), [&](auto tag) {
       using T = decltype(tag);
       ops::ln_gelu_scale_forward_cpu<T>(ctx.in(0).data<T>(), ctx.in(1).data<T>(), ctx.in(2).data<T>(),
-                                        ctx.out(0).data<T>(), ctx.out(1).defined() ? ctx.out(1).data<T>() : nullptr,
-                                        ctx.out(2).defined() ? ctx.out(2).data<T>() : nullptr, p);
+                                        ctx.out(0).data<T>(), ctx.out_data_or_null<T>(1), ctx.out_data_or_null<T>(2), p);
     });
   };
   s.grad_rule = [](GradContext& ctx) -> std::vector<Value*> {

@@ -29,8 +29,8 @@ void fused_forward_cuda(KernelContext& ctx) {
   a.w = ctx.in(1).data<float>();
   a.b = ctx.in(2).data<float>();
   a.y = ctx.out(0).data<float>();
-  a.mean = ctx.out(1).defined() ? ctx.out(1).data<float>() : nullptr;  // optional outputs
-  a.rstd = ctx.out(2).defined() ? ctx.out(2).data<float>() : nullptr;
+  a.mean = ctx.out_data_or_null<float>(1);  // optional outputs
+  a.rstd = ctx.out_data_or_null<float>(2);
   a.rows = p.rows;
   a.cols = p.cols;
   a.eps = static_cast<float>(p.eps);
@@ -64,8 +64,8 @@ void fused_backward_cuda(KernelContext& ctx) {
   a.rstd = stats ? ctx.in(5).data<float>() : nullptr;
   a.eps = static_cast<float>(p.eps);
   a.dx = ctx.out(0).data<float>();
-  a.dw = ctx.outputs.size() > 1 && ctx.out(1).defined() ? ctx.out(1).data<float>() : nullptr;
-  a.db = ctx.outputs.size() > 2 && ctx.out(2).defined() ? ctx.out(2).data<float>() : nullptr;
+  a.dw = ctx.out_data_or_null<float>(1);
+  a.db = ctx.out_data_or_null<float>(2);
   a.rows = p.rows;
   a.cols = p.cols;
   a.gelu = true;

@@ -55,11 +55,11 @@ OpSchema forward_schema() {
     ops::dispatch_float(x.dtype(), [&](auto tag) {
       using T = decltype(tag);
       const T* xp = x.data<T>();
-      const T* w = ctx.inputs.size() > 1 && ctx.in(1).defined() ? ctx.in(1).data<T>() : nullptr;
-      const T* b = ctx.inputs.size() > 2 && ctx.in(2).defined() ? ctx.in(2).data<T>() : nullptr;
+      const T* w = ctx.in_data_or_null<T>(1);
+      const T* b = ctx.in_data_or_null<T>(2);
       T* y = ctx.out(0).data<T>();
-      T* mean = ctx.out(1).defined() ? ctx.out(1).data<T>() : nullptr;  // optional outputs
-      T* rstd = ctx.out(2).defined() ? ctx.out(2).data<T>() : nullptr;
+      T* mean = ctx.out_data_or_null<T>(1);  // optional outputs
+      T* rstd = ctx.out_data_or_null<T>(2);
       for (int64_t r = 0; r < rows; ++r) {
         const T* xr = xp + r * n;
         T* yr = y + r * n;
@@ -119,7 +119,7 @@ OpSchema backward_schema() {
       const T* xp = x.data<T>();
       const T* mean = ctx.in(2).data<T>();
       const T* rstd = ctx.in(3).data<T>();
-      const T* w = ctx.inputs.size() > 4 && ctx.in(4).defined() ? ctx.in(4).data<T>() : nullptr;
+      const T* w = ctx.in_data_or_null<T>(4);
       T* dx = ctx.out(0).data<T>();
       std::vector<double> dw(static_cast<size_t>(n), 0.0), db(static_cast<size_t>(n), 0.0);
       for (int64_t r = 0; r < rows; ++r)

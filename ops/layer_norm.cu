@@ -682,8 +682,8 @@ void layer_norm_cuda(KernelContext& ctx) {
   a.w = w ? w->data<float>() : nullptr;
   a.b = b ? b->data<float>() : nullptr;
   a.y = ctx.out(0).data<float>();
-  a.mean = ctx.outputs.size() > 1 && ctx.out(1).defined() ? ctx.out(1).data<float>() : nullptr;
-  a.rstd = ctx.outputs.size() > 2 && ctx.out(2).defined() ? ctx.out(2).data<float>() : nullptr;
+  a.mean = ctx.out_data_or_null<float>(1);
+  a.rstd = ctx.out_data_or_null<float>(2);
   a.rows = x.numel() / n;
   a.cols = n;
   a.eps = static_cast<float>(ctx.attrs().get_float("eps"));
@@ -706,8 +706,8 @@ void layer_norm_backward_cuda(KernelContext& ctx) {
   const Tensor* w = opt_input(ctx, 4);
   a.w = w ? w->data<float>() : nullptr;
   a.dx = ctx.out(0).data<float>();
-  a.dw = ctx.outputs.size() > 1 && ctx.out(1).defined() ? ctx.out(1).data<float>() : nullptr;
-  a.db = ctx.outputs.size() > 2 && ctx.out(2).defined() ? ctx.out(2).data<float>() : nullptr;
+  a.dw = ctx.out_data_or_null<float>(1);
+  a.db = ctx.out_data_or_null<float>(2);
   a.rows = x.numel() / n;
   a.cols = n;
   cudak::launch_ln_backward(op, a);

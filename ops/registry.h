@@ -27,6 +27,16 @@ struct KernelContext {
   const Attrs& attrs() const { return node.attrs; }
   const Tensor& in(size_t i) const { return inputs.at(i); }
   Tensor& out(size_t i) { return outputs.at(i); }
+  // The data of input / output i, or null where there is none: an omitted optional input, an
+  // unread optional output, or an index past the ones given.
+  template <class T>
+  const T* in_data_or_null(size_t i) const {
+    return i < inputs.size() && inputs[i].defined() ? inputs[i].data<T>() : nullptr;
+  }
+  template <class T>
+  T* out_data_or_null(size_t i) {
+    return i < outputs.size() && outputs[i].defined() ? outputs[i].data<T>() : nullptr;
+  }
 };
 using Kernel = std::function<void(KernelContext&)>;
 

@@ -242,7 +242,9 @@ void run_kernel(const Case& c, const Buffers& B, bool precise, int variant, bool
   CK(cudaGetLastError());
 }
 
-// The workspace into Params: `workspace` today, `xt` in the snapshots up to v9 (for ab_compare.sh).
+// The workspace into Params: `xt` (the re-laid-out input, then the statistics' scratch), or
+// `workspace` in the v11 attempt snapshot, which has no re-laid-out copy (so ab_compare.sh can
+// build that snapshot too).
 template <class P>
 auto attach_workspace(P& p, void* ws, int) -> decltype(p.xt = static_cast<float*>(ws), void()) {
   p.xt = static_cast<float*>(ws);
