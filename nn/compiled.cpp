@@ -20,7 +20,7 @@ CompiledModule::Compiled CompiledModule::build(Objective obj) {
   Tracer tracer(g, *module_);
   g.set_outputs({module_->forward(tracer, x)});
 
-  PassManager fwd = forward_passes(o_.fuse_, o_.precise_);
+  PassManager fwd = forward_passes(o_.fuse_, o_.precise_, o_.operands_);
   if (!o_.dump_dir_.empty()) fwd.set_dump_dir(o_.dump_dir_ + "/" + gname);
   fwd.run(g);
   Value* y = g.outputs().at(0);

@@ -14,6 +14,7 @@
 
 #include "graph/executor.h"
 #include "nn/module.h"
+#include "ops/fused_conv_support.h"
 
 namespace minidl {
 namespace nn {
@@ -24,14 +25,18 @@ struct CompileOptions {
   CompileOptions& dump_dir(std::string d) { dump_dir_ = std::move(d); return *this; }
   CompileOptions& dtype(DType t) { dtype_ = t; return *this; }
   CompileOptions& grad_input(bool g) { grad_input_ = g; return *this; }  // also compute d/dx
-  // FP32-accurate fused convolution (3xTF32) instead of TF32, for users who turn TF32 off.
+  // FP32-accurate fused convolution (FP32 FMA) instead of tensor cores, for users who turn TF32 off.
   CompileOptions& precise(bool p) { precise_ = p; return *this; }
+  // The fused convolution's tensor-core operand format (ops/fused_conv_support.h): auto (FP16
+  // where the operands' range allows, else TF32), or tf32 / f16 forced.
+  CompileOptions& operands(FusedConvOperands o) { operands_ = o; return *this; }
   Device device_ = Device::cpu();
   bool fuse_ = true;
   std::string dump_dir_;  // empty: MINIDL_DUMP_DIR if set
   DType dtype_ = DType::F32;
   bool grad_input_ = false;
   bool precise_ = false;
+  FusedConvOperands operands_ = FusedConvOperands::kAuto;
 };
 
 struct StepResult {

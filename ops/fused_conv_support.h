@@ -76,15 +76,35 @@ inline std::string fused_conv_unsupported_reason(const Shape& x, const Shape& we
   return "";
 }
 
+// Tensor-core operand format of the fused kernel (attribute `operands`; precise = true ignores
+// it). kAuto: FP16 operands with FP32 accumulation (the same 10-bit mantissa as TF32, so the same
+// rounding, at twice the tensor rate and half the operand bytes) when C_in is a multiple of 16
+// and max|x|, max|w| both lie in [2^-8, 2^15], decided on the device per call; TF32 otherwise.
+// kTf32 / kF16 force one, kF16 with no range test (C_in must then be a multiple of 16).
+enum class FusedConvOperands { kAuto, kTf32, kF16 };
+inline const char* fused_conv_operands_name(FusedConvOperands o) {
+  return o == FusedConvOperands::kTf32 ? "tf32" : o == FusedConvOperands::kF16 ? "f16" : "auto";
+}
+// The attribute's value as the enum; false when it is not one of "auto", "tf32", "f16" (the
+// caller reports the error, naming the op).
+inline bool parse_fused_conv_operands(const std::string& s, FusedConvOperands* out) {
+  for (FusedConvOperands o : {FusedConvOperands::kAuto, FusedConvOperands::kTf32, FusedConvOperands::kF16})
+    if (s == fused_conv_operands_name(o)) {
+      *out = o;
+      return true;
+    }
+  return false;
+}
+
 #ifdef __CUDACC__
 // Runs the fused forward on `stream`: y = factor * gelu(layer_norm(conv_transpose3d(x, w) + bias)),
 // plus the per-row mean and rstd ([N, Cout, D_out, H_out]) of conv + bias where those pointers are
 // not null. conv_bias, gamma and beta may be null (zero bias, gamma = 1, beta = 0). The
 // configuration must pass fused_conv_unsupported_reason (else std::invalid_argument).
-// precise = false uses TF32 tensor cores (wgmma, sm_90a) and needs `workspace` (device memory of
-// fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(..., stats = mean || rstd), for a
-// re-laid-out copy of x and the statistics' scratch, in use until the kernels finish);
-// precise = true runs FP32 FMA throughout and needs none.
+// precise = false uses tensor cores (wgmma, sm_90a; operand format `operands`) and needs
+// `workspace` (device memory of fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(...,
+// stats = mean || rstd), for the operand range words, a re-laid-out copy of x and the statistics'
+// scratch, in use until the kernels finish); precise = true runs FP32 FMA throughout and needs none.
 size_t fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H,
                                                              bool precise, bool stats);
 void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w, const float* conv_bias,
@@ -92,8 +112,8 @@ void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w,
                                                  float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H,
                                                  int64_t W, int64_t Cout, int pad_d, int pad_h, int pad_w,
                                                  int out_pad_d, int out_pad_h, int out_pad_w, float eps,
-                                                 bool tanh_gelu, float factor, bool precise, void* workspace,
-                                                 cudaStream_t stream);
+                                                 bool tanh_gelu, float factor, bool precise,
+                                                 FusedConvOperands operands, void* workspace, cudaStream_t stream);
 #endif
 
 }  // namespace minidl

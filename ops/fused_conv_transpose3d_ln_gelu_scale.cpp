@@ -1,12 +1,14 @@
 // fused_conv_transpose3d_ln_gelu_scale(x, conv_weight, conv_bias?, ln_weight, ln_bias)
-//   {stride, padding, output_padding, eps, approximate, factor, precise} -> y, mean, rstd
+//   {stride, padding, output_padding, eps, approximate, factor, precise, operands} -> y, mean, rstd
 // mean and rstd are optional outputs, computed only when something reads them (the gradient rule
 // does not: it recomputes them).
 // = fused_ln_gelu_scale(conv_transpose3d(x, conv_weight, conv_bias)). The CPU kernel runs the two
-// CPU kernels back to back through a temporary; `precise` only matters to the CUDA kernel (FP32
-// instead of TF32 tensor cores). The gradient rule recomputes the conv output z as a graph node
+// CPU kernels back to back through a temporary; `precise` and `operands` only matter to the CUDA
+// kernel (FP32 FMA instead of tensor cores; FP16 or TF32 tensor-core operands, see
+// ops/fused_conv_support.h). The gradient rule recomputes the conv output z as a graph node
 // instead of keeping it, then emits the fused epilogue backward and the conv gradients (the conv
 // bias gradient is exactly zero; see the rule).
+#include "ops/fused_conv_support.h"
 #include "ops/op_util.h"
 
 namespace minidl {
@@ -29,7 +31,8 @@ OpSchema schema() {
              {"eps", AttrKind::Float, AttrValue::Float(1e-5)},
              {"approximate", AttrKind::String, AttrValue::Str("none")},
              {"factor", AttrKind::Float, AttrValue::Float(1.0)},
-             {"precise", AttrKind::Bool, AttrValue::Bool(false)}};
+             {"precise", AttrKind::Bool, AttrValue::Bool(false)},
+             {"operands", AttrKind::String, AttrValue::Str("auto")}};
   s.shape_rule = [](const TypeList& in, const Attrs& a) -> std::vector<TensorType> {
     const TensorType& x = require_input(kOp, in, 0, "x");
     const TensorType& cw = require_input(kOp, in, 1, "conv_weight");
@@ -38,6 +41,11 @@ OpSchema schema() {
     TensorType z = ops::conv_transpose3d_out_type(kOp, x, cw, ops::optional_input(in, 2), a);
     auto types = ops::fused_ln_gelu_scale_out_types(kOp, z, lw, lb);
     ops::ln_gelu_scale_params(kOp, a, z.shape);
+    FusedConvOperands operands;
+    MINIDL_CHECK(parse_fused_conv_operands(a.get_str("operands"), &operands), kOp,
+                 ": attribute 'operands' must be \"auto\", \"tf32\" or \"f16\", got \"", a.get_str("operands"), "\"");
+    MINIDL_CHECK(a.get_bool("precise") || operands != FusedConvOperands::kF16 || x.shape[1] % 16 == 0, kOp,
+                 ": operands \"f16\" needs C_in a multiple of 16, x is ", shape_str(x.shape));
     return types;
   };
   s.cpu_kernel = [](KernelContext& ctx) {

@@ -1,6 +1,6 @@
 // CUDA kernel of fused_conv_transpose3d_ln_gelu_scale: conv_transpose3d (stride 2, kernel 4)
-// -> + conv bias -> LayerNorm(last dim, 64) -> GELU -> * factor in one kernel on TF32 tensor
-// cores (precise=true: FP32 FMA). The kernels live in
+// -> + conv bias -> LayerNorm(last dim, 64) -> GELU -> * factor in one kernel on tensor cores,
+// FP16 or TF32 operands with FP32 accumulation (attribute `operands`; precise=true: FP32 FMA). The kernels live in
 // ops/fused_conv_transpose3d_ln_gelu_scale_kernel.cuh; this file holds the launcher and the
 // registry hook. Building with -DFUSED_CONV_STANDALONE leaves the registry part out, so the
 // standalone check (bench/standalone/fused_conv_check.cu) can include this file alone.
@@ -20,10 +20,11 @@ void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w,
                                                  float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H,
                                                  int64_t W, int64_t Cout, int pad_d, int pad_h, int pad_w,
                                                  int out_pad_d, int out_pad_h, int out_pad_w, float eps,
-                                                 bool tanh_gelu, float factor, bool precise, void* workspace,
-                                                 cudaStream_t stream) {
+                                                 bool tanh_gelu, float factor, bool precise,
+                                                 FusedConvOperands operands, void* workspace, cudaStream_t stream) {
   fused_conv_detail::launch(x, w, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
-                            out_pad_d, out_pad_h, out_pad_w, eps, tanh_gelu, factor, precise, workspace, stream);
+                            out_pad_d, out_pad_h, out_pad_w, eps, tanh_gelu, factor, precise, workspace, stream,
+                            fused_conv_detail::kDefaultVariant, operands);
 }
 
 size_t fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H,
@@ -90,6 +91,12 @@ void fused_conv_cuda(KernelContext& ctx) {
   // (or when it throws): every kernel runs on the one stream, so a later user of the block runs
   // after this kernel.
   const bool precise = ctx.attrs().get_bool("precise");
+  FusedConvOperands operands = FusedConvOperands::kAuto;
+  const std::string& ops_name = ctx.attrs().get_str("operands");
+  MINIDL_CHECK(parse_fused_conv_operands(ops_name, &operands), kOp,
+               ": attribute 'operands' must be \"auto\", \"tf32\" or \"f16\", got \"", ops_name, "\"");
+  MINIDL_CHECK(precise || operands != FusedConvOperands::kF16 || Cin % 16 == 0, kOp,
+               ": operands \"f16\" needs C_in a multiple of 16, x is ", shape_str(x.shape()));
   const size_t ws_bytes =
       fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(N, Cin, D, H, precise, mean || rstd);
   struct Scratch {
@@ -104,7 +111,7 @@ void fused_conv_cuda(KernelContext& ctx) {
       lb.data<float>(), y.data<float>(), mean, rstd, N, Cin, D, H, W, Cout,
       (int)padding[0], (int)padding[1], (int)padding[2], (int)out_pad[0], (int)out_pad[1], (int)out_pad[2],
       (float)ctx.attrs().get_float("eps"), approx == "tanh", (float)ctx.attrs().get_float("factor"),
-      precise, workspace, cuda::stream());
+      precise, operands, workspace, cuda::stream());
   MINIDL_LAUNCH_CHECK(kOp);
 }
 

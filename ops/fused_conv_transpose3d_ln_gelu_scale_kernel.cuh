@@ -5,7 +5,16 @@
 // bench/standalone/fused_conv_check.cu; it needs only the CUDA runtime (the driver's tensor-map
 // encoder is reached through cudaGetDriverEntryPointByVersion).
 //
-// How the TF32 kernel works (v9; numbers for Cin = 32; bench/NOTES.md has the measurements):
+// Operands: FP16 (K = 16 per wgmma step) or TF32 (K = 8), both accumulated in FP32; FP16 has
+// TF32's 10-bit mantissa, so the two round the same, but its exponent range is narrow. By
+// default the pre-pass measures max|x| and max|w| on the device and the FP16 kernel runs when
+// both lie in [2^-8, 2^15]; otherwise a TF32 pre-pass and kernel run instead (launched always,
+// they return at once when not needed). FP16 halves the operand bytes everywhere (weights 64 KB
+// instead of 128, input planes, wgmma operand reads) and doubles the tensor rate: the flagship
+// runs 0.49-0.50 ms against 0.615 with TF32, which is bound by the H100's 700 W power cap
+// (bench/NOTES.md). Below, sizes are the TF32 ones; FP16 halves every operand byte count.
+//
+// How the tensor-core kernel works (v9; numbers for Cin = 32; bench/NOTES.md has the measurements):
 //  * Phases. Output od receives x[id] through tap kd = td - 2 id with td = od + pad_d, so only
 //    kd in {td&1, (td&1)+2} (id = td>>1 and id = (td>>1)-1) contribute; the same in h and w. The
 //    parity class (td&1, th&1) of an output row fixes its 4 (kd, kh) taps. Along w, outputs
@@ -53,8 +62,10 @@
 #pragma once
 #include <cuda.h>
 #include <cudaTypedefs.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -73,15 +84,25 @@ constexpr int kProducerRegs = 40, kConsumerRegs = 152;
 constexpr int kPlaneRows = 34;  // input plane rows per channel group: rho = iw - iw_min, 32 u + 2 taps
 constexpr int kSlots = 4;       // ring of input rows (one ih, both kd taps), 17 KB each at Cin 32
 constexpr int kMaxCin = 32;
-// Bytes of one re-laid-out input plane (n, id, ih): [Cin/4][kPlaneRows][4] floats.
-constexpr uint32_t plane_bytes(int cin) { return (uint32_t)(cin / 4) * kPlaneRows * 16; }
+// Operand formats. TF32: a 16-byte row holds 4 channels and a wgmma step has K = 8. F16 (FP16
+// operands, FP32 accumulation; same 10-bit mantissa as TF32, narrower exponent range): 8
+// channels per row, K = 16 per step, half the operand bytes.
+constexpr int chan_per_row(bool f16) { return f16 ? 8 : 4; }
+constexpr int k_per_step(bool f16) { return f16 ? 16 : 8; }
+// Bytes of one re-laid-out input plane (n, id, ih): [Cin/c][kPlaneRows][c] with c = chan_per_row.
+constexpr uint32_t plane_bytes(int cin, bool f16 = false) {
+  return (uint32_t)(cin / chan_per_row(f16)) * kPlaneRows * 16;
+}
 // Two planes (id, id + 1) interleaved row by row, one ring slot (taps a = 0, 1), the weights of a
-// class (both parities, K = 8 Cin, 64 co), and the rows of one TMA box (at most 256 per box).
-constexpr uint32_t pair_bytes(int cin) { return 2 * plane_bytes(cin); }
-constexpr uint32_t slot_bytes(int cin) { return 2 * pair_bytes(cin); }
-constexpr uint32_t weight_bytes(int cin) { return 2u * cin * 2048; }
-constexpr int box_count(int cin) { return cin / 4 * kPlaneRows > 256 ? 2 : 1; }
-constexpr int box_rows(int cin) { return cin / 4 * kPlaneRows / box_count(cin); }
+// class (both parities, K = 8 Cin, 64 co: 2 KB per wgmma step), and the rows of one TMA box (at
+// most 256 per box).
+constexpr uint32_t pair_bytes(int cin, bool f16 = false) { return 2 * plane_bytes(cin, f16); }
+constexpr uint32_t slot_bytes(int cin, bool f16 = false) { return 2 * pair_bytes(cin, f16); }
+constexpr int ksteps(int cin, bool f16 = false) { return 8 * cin / k_per_step(f16); }  // per parity
+constexpr uint32_t weight_bytes(int cin, bool f16 = false) { return 2u * ksteps(cin, f16) * 2048; }
+constexpr int plane_rows(int cin, bool f16 = false) { return cin / chan_per_row(f16) * kPlaneRows; }
+constexpr int box_count(int cin, bool f16 = false) { return plane_rows(cin, f16) > 256 ? 2 : 1; }
+constexpr int box_rows(int cin, bool f16 = false) { return plane_rows(cin, f16) / box_count(cin, f16); }
 // Bit 1: swapped LBO/SBO in the descriptors. The standalone check probes the variants on the
 // device; 0 is the documented PTX layout (bit 0 had a meaning for register A fragments only).
 constexpr int kDefaultVariant = 0;
@@ -101,9 +122,20 @@ struct Geometry {
   int block0[5];                   // blocks of class c are [block0[c], block0[c+1]) (TF32 kernel)
 };
 
+// The operand range that FP16 keeps as exact as TF32 (the same 10-bit mantissa): the F16 path
+// runs only when max|x| and max|w| both lie in [2^-8, 2^15]. Above, values would overflow
+// (65504); below 2^-14 they lose mantissa bits, which the 2^-8 floor keeps at least 64x smaller
+// than the rounding error of the largest values. Otherwise the TF32 path runs instead.
+constexpr float kF16RangeMin = 0x1p-8f, kF16RangeMax = 0x1p15f;
+// Which launches of a call run: the F16 kernel when the pre-pass found the operands in range,
+// the TF32 pre-pass and kernel when it did not. kAlways: no range test (forced operand format).
+enum RangeGate : int { kAlways = 0, kIfF16Range = 1, kIfNotF16Range = 2 };
+
 struct Params {
   Geometry g;
   const float* x;
+  unsigned* range;  // [max|x|, max|w|] as float bits (the first kRangeBytes of the workspace)
+  int range_gate;   // RangeGate of the launch
   float* xt;  // re-laid-out input planes (workspace_bytes()), written by prepass_kernel
   float2* stats;  // (mean, rstd) per row in unit order [unit][r][co], in the workspace after xt;
                   // null when neither mean nor rstd is wanted (both null): no statistics stored
@@ -116,6 +148,34 @@ struct Params {
   float eps, factor;
   int variant;
 };
+
+__device__ __forceinline__ bool f16_range_ok(const unsigned* range) {
+  const float mx = __uint_as_float(range[0]), mw = __uint_as_float(range[1]);
+  return mx >= kF16RangeMin && mx <= kF16RangeMax && mw >= kF16RangeMin && mw <= kF16RangeMax;
+}
+// True when this launch has nothing to do (its gate is closed); uniform over the grid.
+__device__ __forceinline__ bool gate_closed(const Params& p) {
+  if (p.range_gate == kAlways) return false;
+  return f16_range_ok(p.range) != (p.range_gate == kIfF16Range);
+}
+// The maxima of non-negative a and b over a block of 256 threads, folded into dst[0] and dst[1]
+// by one atomicMax each (float bits order like the floats); every thread must call it.
+__device__ __forceinline__ void block_atomic_max2(unsigned* dst, float a, float b) {
+  __shared__ unsigned part[2][8];
+  const unsigned ma = __reduce_max_sync(0xffffffffu, __float_as_uint(a));
+  const unsigned mb = __reduce_max_sync(0xffffffffu, __float_as_uint(b));
+  if ((threadIdx.x & 31) == 0) {
+    part[0][threadIdx.x >> 5] = ma;
+    part[1][threadIdx.x >> 5] = mb;
+  }
+  __syncthreads();
+  if (threadIdx.x < 2) {
+    unsigned m = 0u;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) m = max(m, part[threadIdx.x][w]);
+    if (m != 0u) atomicMax(dst + threadIdx.x, m);
+  }
+}
 
 // One output row (n, od, oh) of parity class cls: the precise kernel's work item (one block per
 // row, in the order oh fastest, then od, n, class).
@@ -221,6 +281,30 @@ __device__ __forceinline__ void wgmma_m64n64k8_ss(float (&d)[32], uint64_t desc_
       : "l"(desc_a), "l"(desc_b), "n"(ScaleD)
       : "memory");
 }
+// D[64 x 64] (+)= A[64 x 16] * B[16 x 64], FP16 operands, FP32 accumulation, both K-major in
+// shared memory: the same 2 KB operand images as the TF32 step (8 halves per 16-byte row).
+template <int ScaleD>
+__device__ __forceinline__ void wgmma_m64n64k16_f16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "n"(ScaleD)
+      : "memory");
+}
+template <bool F16, int ScaleD>
+__device__ __forceinline__ void wgmma_step(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+  if constexpr (F16)
+    wgmma_m64n64k16_f16_ss<ScaleD>(d, desc_a, desc_b);
+  else
+    wgmma_m64n64k8_ss<ScaleD>(d, desc_a, desc_b);
+}
 // Shared-memory matrix descriptor, no swizzle: start address, LBO (next core matrix along K),
 // SBO (next 8 rows along M or N); variant bit 1 swaps the two (layout probe only).
 __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo, int variant) {
@@ -237,24 +321,31 @@ __device__ __forceinline__ float gelu_f(float v) {
   return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
 }
 
-// ---------------------------------------------------------------- weight re-layout (TF32 path)
-// g_wsmem, as floats: [((cls*2 + q)*CIN + s)*512 + kc*256 + (co/8)*32 + (co%8)*4 + j] = W of
-// channel ci = 8 ci8 + 4 kc + j, output channel co, taps (kd, kh, kw) = (pd_par + 2a,
-// ph_par + 2b, ((q+pw)&1) + 2c), where k-step s = ((a*2 + b)*2 + c)*(CIN/8) + ci8. A k-step is
-// one 2 KB A operand of wgmma m64n64k8 (K-major, no swizzle): LBO 1024 (kc), SBO 128 (co/8).
-// One float of it per call, idx < kWeightFloats<CIN>.
-template <int CIN>
-constexpr int kWeightFloats = 4 * 2 * CIN * 512;
-template <int CIN>
-__device__ __forceinline__ void relayout_weight(const float* __restrict__ w, int pw, int idx) {
-  const int j = idx & 3, r = (idx >> 2) & 7, mg = (idx >> 5) & 7, kc = (idx >> 8) & 1;
-  const int s = (idx >> 9) % CIN, cq = (idx >> 9) / CIN;
+// ---------------------------------------------------------------- weight re-layout
+// g_wsmem: per (class, q, k-step s) one 2 KB A operand of a wgmma step (K-major, no swizzle:
+// LBO 1024 = the next row of channels, SBO 128 = the next 8 co), [kc 2][co/8][co%8][c] with
+// c = chan_per_row channels per 16-byte row (TF32: 4 floats; F16: 8 halves), holding W of channel
+// ci = K s' + c kc + j (K = k_per_step, s' = s % (CIN/K)), output channel co, taps (kd, kh, kw) =
+// (pd_par + 2a, ph_par + 2b, ((q+pw)&1) + 2c) where s = ((a*2 + b)*2 + c)*(CIN/K) + s'. Rounded to
+// TF32 or converted to FP16 (round to nearest). One element per call, idx < kWeightElems.
+template <int CIN, bool F16>
+constexpr int kWeightElems = 4 * weight_bytes(CIN, F16) / (F16 ? 2 : 4);
+template <int CIN, bool F16>
+__device__ __forceinline__ float relayout_weight(const float* __restrict__ w, int pw, int idx) {
+  constexpr int C = chan_per_row(F16), K = k_per_step(F16), KS = ksteps(CIN, F16);
+  const int j = idx % C, r = (idx / C) % 8, mg = (idx / (8 * C)) % 8, kc = (idx / (64 * C)) % 2;
+  const int step = idx / (128 * C), s = step % KS, cq = step / KS;
   const int q = cq & 1, cls = cq >> 1;
-  const int ci8 = s % (CIN / 8), t3 = s / (CIN / 8);
+  const int cis = s % (CIN / K), t3 = s / (CIN / K);
   const int c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
-  const int co = 8 * mg + r, ci = 8 * ci8 + 4 * kc + j;
+  const int co = 8 * mg + r, ci = K * cis + C * kc + j;
   const int kd = (cls >> 1) + 2 * a, kh = (cls & 1) + 2 * b, kw = ((q + pw) & 1) + 2 * c;
-  reinterpret_cast<float*>(g_wsmem)[idx] = tf32_round(w[(((ci * 64 + co) * 4 + kd) * 4 + kh) * 4 + kw]);
+  const float v = w[(((ci * 64 + co) * 4 + kd) * 4 + kh) * 4 + kw];
+  if constexpr (F16)
+    reinterpret_cast<__half*>(g_wsmem)[idx] = __float2half_rn(v);
+  else
+    reinterpret_cast<float*>(g_wsmem)[idx] = tf32_round(v);
+  return v;
 }
 
 __device__ __forceinline__ float ex2_approx(float v) {
@@ -283,47 +374,72 @@ __device__ __forceinline__ float gelu_unscaled(float u) {
   return TANH ? gelu_f<true>(u) : gelu_erf_fast(u);
 }
 
-// ---------------------------------------------------------------- pre-pass (TF32 path)
+// ---------------------------------------------------------------- pre-pass
 // The input re-layout and the weight re-layout in one launch. xt plane (n, id, ih) at index
-// (n*D + id)*H + ih holds [ci/4][rho][ci%4] = x[n][ci][id][ih][iw] with iw = iw_min + rho, zero
-// outside [0, W), rounded to TF32. A block takes kRelayoutRows rows ih of one (n, id) (2048 blocks
-// at the flagship: 15 per SM, so the last wave is short); consecutive threads take consecutive
-// rho, so each read is a coalesced run of one channel's row and each write a 16-byte store. The
-// blocks past `relayout_blocks` re-lay out the weights (256 floats each).
+// (n*D + id)*H + ih holds [ci/c][rho][ci%c] (c = chan_per_row) = x[n][ci][id][ih][iw] with
+// iw = iw_min + rho, zero outside [0, W), rounded to TF32 or converted to FP16. A work block takes
+// kRelayoutRows rows ih of one (n, id) (2048 at the flagship: 15 per SM, so the last wave is
+// short); consecutive threads take consecutive rho, so each read is a coalesced run of one
+// channel's row and each write a 16-byte store. The work blocks past `relayout_blocks` re-lay out
+// the weights (256 elements each). Blocks stride over the work blocks, so a launch whose gate is
+// closed can use a small grid.
 constexpr int kRelayoutRows = 8;
 inline int relayout_blocks(const Geometry& g) {
   return g.N * g.D * ((g.H + kRelayoutRows - 1) / kRelayoutRows);
 }
-template <int CIN>
-__global__ void __launch_bounds__(256) prepass_kernel(const float* __restrict__ x, float4* __restrict__ xt,
-                                                      const float* __restrict__ w, const Geometry g,
+template <int CIN, bool F16>
+constexpr int kWeightBlocks = (kWeightElems<CIN, F16> + 255) / 256;
+// The F16 pre-pass also records max|x| and max|w| in p.range (zeroed before it) for the range
+// test; the TF32 pre-pass obeys p.range_gate.
+template <int CIN, bool F16>
+__global__ void __launch_bounds__(256) prepass_kernel(const Params p, const float* __restrict__ w,
                                                       int relayout_blocks) {
-  if ((int)blockIdx.x >= relayout_blocks) {
-    const int idx = ((int)blockIdx.x - relayout_blocks) * 256 + threadIdx.x;
-    if (idx < kWeightFloats<CIN>) relayout_weight<CIN>(w, g.pw, idx);
-    return;
-  }
-  constexpr int kPlaneF4 = CIN / 4 * kPlaneRows;
+  if (!F16 && gate_closed(p)) return;
+  constexpr int C = chan_per_row(F16);
+  constexpr int kPlaneF4 = plane_rows(CIN, F16);  // 16-byte rows per plane
+  const Geometry& g = p.g;
   const int hb = (g.H + kRelayoutRows - 1) / kRelayoutRows;
-  const int64_t nd = blockIdx.x / hb;
-  const int ih0 = (int)(blockIdx.x % hb) * kRelayoutRows, rows = min(kRelayoutRows, g.H - ih0);
-  const int n = (int)(nd / g.D), id = (int)(nd % g.D);
   const int iw_min = (g.pw >> 1) - 1;
   const int64_t chan = (int64_t)g.D * g.H * g.W;
-  const float* xs = x + (((int64_t)n * CIN * g.D + id) * g.H + ih0) * g.W;
-  float4* dst = xt + (nd * g.H + ih0) * kPlaneF4;
-#pragma unroll 4
-  for (int i = threadIdx.x; i < rows * kPlaneF4; i += blockDim.x) {
-    const int ih = i / kPlaneF4, e = i - ih * kPlaneF4;
-    const int ci4 = e / kPlaneRows, iw = iw_min + (e - ci4 * kPlaneRows);
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (iw >= 0 && iw < g.W) {
-      const float* s = xs + 4 * ci4 * chan + ih * g.W + iw;
-      v = make_float4(tf32_round(__ldg(s)), tf32_round(__ldg(s + chan)), tf32_round(__ldg(s + 2 * chan)),
-                      tf32_round(__ldg(s + 3 * chan)));
+  float amax_x = 0.f, amax_w = 0.f;  // F16: max |value| this thread converted
+  for (int b = blockIdx.x; b < relayout_blocks + kWeightBlocks<CIN, F16>; b += gridDim.x) {
+    if (b >= relayout_blocks) {
+      const int idx = (b - relayout_blocks) * 256 + threadIdx.x;
+      if (idx < kWeightElems<CIN, F16>) amax_w = fmaxf(amax_w, fabsf(relayout_weight<CIN, F16>(w, g.pw, idx)));
+      continue;
     }
-    dst[i] = v;
+    const int64_t nd = b / hb;
+    const int ih0 = (b % hb) * kRelayoutRows, rows = min(kRelayoutRows, g.H - ih0);
+    const int n = (int)(nd / g.D), id = (int)(nd % g.D);
+    const float* xs = p.x + (((int64_t)n * CIN * g.D + id) * g.H + ih0) * g.W;
+    uint4* dst = reinterpret_cast<uint4*>(p.xt) + (nd * g.H + ih0) * kPlaneF4;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < rows * kPlaneF4; i += blockDim.x) {
+      const int ih = i / kPlaneF4, e = i - ih * kPlaneF4;
+      const int cig = e / kPlaneRows, iw = iw_min + (e - cig * kPlaneRows);
+      uint4 v = make_uint4(0u, 0u, 0u, 0u);
+      if (iw >= 0 && iw < g.W) {
+        const float* s = xs + C * cig * chan + ih * g.W + iw;
+        if constexpr (F16) {
+          uint32_t h[4];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const float v0 = __ldg(s + 2 * k * chan), v1 = __ldg(s + (2 * k + 1) * chan);
+            amax_x = fmaxf(amax_x, fmaxf(fabsf(v0), fabsf(v1)));
+            const __half2 p2 = __floats2half2_rn(v0, v1);
+            h[k] = *reinterpret_cast<const uint32_t*>(&p2);
+          }
+          v = make_uint4(h[0], h[1], h[2], h[3]);
+        } else {
+          v = make_uint4(__float_as_uint(tf32_round(__ldg(s))), __float_as_uint(tf32_round(__ldg(s + chan))),
+                         __float_as_uint(tf32_round(__ldg(s + 2 * chan))),
+                         __float_as_uint(tf32_round(__ldg(s + 3 * chan))));
+        }
+      }
+      dst[i] = v;
+    }
   }
+  if (F16 && p.range) block_atomic_max2(p.range, amax_x, amax_w);
 }
 
 // The consumer's epilogue for one unit, from the accumulators (rows co0 = 16 w4 + g8 and co0 + 8,
@@ -420,7 +536,7 @@ __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc
 // MODE (profiling only, bench/standalone): 0 = the kernel; 1 = no wgmma; 2 = no LayerNorm/GELU
 // math (accumulators stored as they are); 3 = no input loads; 4 = wgmma only (no epilogue);
 // 5 = epilogue only (no loads, no wgmma); 6 = input loads only; 9 = no y stores.
-template <int CIN, bool TANH, int MODE = 0>
+template <int CIN, bool TANH, int MODE = 0, bool F16 = false>
 __global__ void __launch_bounds__(kThreads, 1)
     fused_conv_tc_kernel(const Params p, const __grid_constant__ CUtensorMap xmap) {
   constexpr bool kMma = MODE != 1 && MODE != 5 && MODE != 6;
@@ -428,11 +544,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr bool kEpi = MODE != 4 && MODE != 6;
   constexpr bool kMath = MODE != 2;
   constexpr bool kYStore = MODE != 9;
-  constexpr uint32_t kPair = pair_bytes(CIN), kSlot = slot_bytes(CIN), kW = weight_bytes(CIN);
-  constexpr uint32_t kBox = (uint32_t)box_rows(CIN) * 32;  // one TMA box: rows x 2 planes x 16 bytes
-  constexpr int KS = CIN;                                  // k-steps of 8 per parity (K = 8 Cin)
-  constexpr int KC = CIN / 8;                              // k-steps per tap (a, b, c)
-  constexpr uint32_t kLbo = kPlaneRows * 32;               // B: the next 4 channels
+  constexpr uint32_t kPair = pair_bytes(CIN, F16), kSlot = slot_bytes(CIN, F16), kW = weight_bytes(CIN, F16);
+  constexpr uint32_t kBox = (uint32_t)box_rows(CIN, F16) * 32;  // one TMA box: rows x 2 planes x 16 bytes
+  constexpr int KS = ksteps(CIN, F16);                          // wgmma steps per parity (K = 8 Cin)
+  constexpr int KC = CIN / k_per_step(F16);                     // steps per tap (a, b, c)
+  constexpr uint32_t kLbo = kPlaneRows * 32;               // B: the next row of channels
   // Shared memory: weights | input ring | store scratch (2 KB per consumer warp) | mbarriers
   // (full[kSlots], empty[kSlots], weights) | issued counter.
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -448,6 +564,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Shared-memory atomics on both sides (a plain flag would be a data race, and racecheck says so).
   int* const issued = reinterpret_cast<int*>(smem_raw + (w_bar + 8 - w_s));
   const Geometry& g = p.g;
+  if (gate_closed(p)) return;
 
   // The block's class and its contiguous range of that class's units.
   const int blk = blockIdx.x;
@@ -495,9 +612,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int a = 0; a < 2; ++a)
 #pragma unroll
-        for (int h = 0; h < box_count(CIN); ++h)
-          tma_load_5d(&xmap, ring_s + s * kSlot + a * kPair + h * kBox, bar, 0, id0 - a, h * box_rows(CIN), ih,
-                      u.n);
+        for (int h = 0; h < box_count(CIN, F16); ++h)
+          tma_load_5d(&xmap, ring_s + s * kSlot + a * kPair + h * kBox, bar, 0, id0 - a, h * box_rows(CIN, F16),
+                      ih, u.n);
       atomicExch(issued, P);
     };
     Unit u = decode_unit(g, cls, u0);
@@ -578,22 +695,23 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int rho = q ? rho1 : rho0;
 #pragma unroll
         for (int s = 0; s < KS; ++s) {
-          // k-step s = ((a*2 + b)*2 + c)*KC + ci8: channels 8 ci8 .. +7 of tap (a, b, c).
-          const int ci8 = s % KC, t3 = s / KC, c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
-          const uint32_t off = (a * kPair + ci8 * 2 * kLbo) / 16;
+          // step s = ((a*2 + b)*2 + c)*KC + cis: channels K cis .. K cis + K - 1 of tap (a, b, c),
+          // two 16-byte rows of channels (LBO apart) per step.
+          const int cis = s % KC, t3 = s / KC, c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
+          const uint32_t off = (a * kPair + cis * 2 * kLbo) / 16;
           const uint32_t lo_b = (b ? lo_b1 : lo_b0) + off + 2 * (rho - c);
           const uint64_t db = ((uint64_t)b_w1 << 32) | lo_b;
           const uint64_t da = ((uint64_t)a_w1 << 32) | (a_w0 + (uint32_t)((q * KS + s) * 128));
           if (q == 0) {
             if (s == 0)
-              wgmma_m64n64k8_ss<0>(acc0, da, db);
+              wgmma_step<F16, 0>(acc0, da, db);
             else
-              wgmma_m64n64k8_ss<1>(acc0, da, db);
+              wgmma_step<F16, 1>(acc0, da, db);
           } else {
             if (s == 0)
-              wgmma_m64n64k8_ss<0>(acc1, da, db);
+              wgmma_step<F16, 0>(acc1, da, db);
             else
-              wgmma_m64n64k8_ss<1>(acc1, da, db);
+              wgmma_step<F16, 1>(acc1, da, db);
           }
         }
       }
@@ -770,15 +888,22 @@ inline int device_sm_count() {
   return n > 0 ? n : 1;
 }
 
-// Scratch bytes the TF32 kernel needs: the re-laid-out input (N*D*H planes),
-// then, when mean or rstd is wanted (`stats`), the row statistics in unit order, 1 KB per unit.
-// Units: N x (od pairs of both d classes, at most D + 3 in all, since D_out <= 2D + 3) x H_out
-// (<= 2H + 3).
+// Scratch bytes the tensor-core path needs: kRangeBytes for the operand range words, the
+// re-laid-out input (N*D*H planes, sized for TF32; F16 uses half), then, when mean or rstd is
+// wanted (`stats`), the row statistics in unit order, 1 KB per unit. Units: N x (od pairs of both
+// d classes, at most D + 3 in all, since D_out <= 2D + 3) x H_out (<= 2H + 3).
+constexpr size_t kRangeBytes = 256;
 inline size_t stats_offset(int64_t N, int64_t Cin, int64_t D, int64_t H) {
   return ((size_t)(N * D * H) * plane_bytes((int)Cin) + 255) / 256 * 256;
 }
 inline size_t workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H, bool stats = true) {
-  return stats_offset(N, Cin, D, H) + (stats ? (size_t)N * (D + 3) * (2 * H + 3) * 128 * sizeof(float2) : 0);
+  return kRangeBytes + stats_offset(N, Cin, D, H) +
+         (stats ? (size_t)N * (D + 3) * (2 * H + 3) * 128 * sizeof(float2) : 0);
+}
+// Points p's range words and re-laid-out input into `workspace` (workspace_bytes(), 256-aligned).
+inline void attach_workspace(Params& p, void* workspace) {
+  p.range = static_cast<unsigned*>(workspace);
+  p.xt = reinterpret_cast<float*>(static_cast<char*>(workspace) + kRangeBytes);
 }
 
 // The driver's tensor-map encoder, reached through the runtime (no link against libcuda).
@@ -800,17 +925,19 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 // The TMA descriptor of the re-laid-out input: p.xt as the 5-D tensor (ci%4, id, row, ih, n) with
 // row = (ci/4)*34 + rho, and a box of (4, 2, box_rows, 1, 1). The box lands in shared memory as
 // [row][id, id + 1][ci%4]: the two planes interleaved row by row. Out-of-range id / ih read zeros.
-template <int CIN>
+template <int CIN, bool F16>
 CUtensorMap make_x_tensor_map(const Params& p) {
   const Geometry& g = p.g;
-  const cuuint64_t pb = plane_bytes(CIN);
-  const cuuint64_t dims[5] = {4, (cuuint64_t)g.D, (cuuint64_t)(CIN / 4 * kPlaneRows), (cuuint64_t)g.H,
+  constexpr cuuint32_t C = chan_per_row(F16);
+  const cuuint64_t pb = plane_bytes(CIN, F16);
+  const cuuint64_t dims[5] = {C, (cuuint64_t)g.D, (cuuint64_t)plane_rows(CIN, F16), (cuuint64_t)g.H,
                               (cuuint64_t)g.N};
   const cuuint64_t strides[4] = {pb * g.H, 16, pb, pb * g.H * g.D};
-  const cuuint32_t box[5] = {4, 2, (cuuint32_t)box_rows(CIN), 1, 1};
+  const cuuint32_t box[5] = {C, 2, (cuuint32_t)box_rows(CIN, F16), 1, 1};
   const cuuint32_t estrides[5] = {1, 1, 1, 1, 1};
   CUtensorMap map;
-  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 5, p.xt, dims, strides, box,
+  const CUresult r = tensor_map_encoder()(&map, F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+                                          5, p.xt, dims, strides, box,
                                           estrides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
                                           CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
@@ -860,45 +987,101 @@ inline void plan_blocks(Geometry& g, int sms) {
   for (int c = 1; c < 4; ++c) g.unit0[c] = g.unit0[c - 1] + g.units[c - 1];
 }
 
-template <int CIN>
+template <int CIN, bool F16>
 constexpr size_t tc_smem_bytes() {
-  return (size_t)weight_bytes(CIN) + (size_t)kSlots * slot_bytes(CIN) + kConsumers * 4 * 2048 + 8 * (2 * kSlots + 2);
+  return (size_t)weight_bytes(CIN, F16) + (size_t)kSlots * slot_bytes(CIN, F16) + kConsumers * 4 * 2048 +
+         8 * (2 * kSlots + 2);
 }
 
-// Input re-layout + weight re-layout + the fused kernel. p.xt must point to workspace_bytes().
-template <int CIN, bool TANH, int MODE = 0>
-void launch_tc(const Params& p_in, const float* w, cudaStream_t stream) {
-  constexpr size_t smem = tc_smem_bytes<CIN>();
+// The pre-pass (input and weight re-layout) and the main kernel of one operand format.
+// The carveout is pinned at the maximum shared memory for every kernel of the path (the main
+// kernel needs it), so the SMs are not reconfigured between launches.
+template <class Kernel>
+void pin_max_smem_carveout(Kernel k) {
+  cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared);
+}
+// `gated`: the launch may find its gate closed (the TF32 fallback); a small grid then costs less.
+template <int CIN, bool F16>
+void launch_prepass(const Params& p, const float* w, cudaStream_t stream, bool gated = false) {
+  static const bool configured = (pin_max_smem_carveout(prepass_kernel<CIN, F16>), true);
+  (void)configured;
+  const int rb = relayout_blocks(p.g), total = rb + kWeightBlocks<CIN, F16>;
+  const int grid = gated ? std::min(total, 4 * device_sm_count()) : total;
+  prepass_kernel<CIN, F16><<<(unsigned)grid, 256, 0, stream>>>(p, w, rb);
+}
+template <int CIN, bool TANH, int MODE, bool F16>
+void launch_main(const Params& p, cudaStream_t stream) {
+  constexpr size_t smem = tc_smem_bytes<CIN, F16>();
   static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
   static const bool configured = [] {
-    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, F16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          (int)smem);
+    pin_max_smem_carveout(fused_conv_tc_kernel<CIN, TANH, MODE, F16>);
     return true;
   }();
   (void)configured;
+  const CUtensorMap xmap = make_x_tensor_map<CIN, F16>(p);
+  fused_conv_tc_kernel<CIN, TANH, MODE, F16><<<p.g.block0[4], kThreads, smem, stream>>>(p, xmap);
+}
+
+// The tensor-core path: pre-pass, main kernel and, when mean or rstd is wanted, the statistics
+// kernel. p.range and p.xt must point into a workspace of workspace_bytes() (attach_workspace).
+// F16 with `guarded`: the F16 pre-pass records the operands' range, the F16 kernel runs if it is
+// within [kF16RangeMin, kF16RangeMax], and a TF32 pre-pass and kernel run instead otherwise (the
+// two launches whose gate is closed return at once). F16 unguarded: F16 regardless (tests).
+template <int CIN, bool TANH, int MODE = 0, bool F16 = false>
+void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool guarded = true) {
+  static_assert(!F16 || CIN % 16 == 0, "FP16 operands need Cin a multiple of 16");
   Params p = p_in;
   Geometry& g = p.g;
   plan_blocks(g, device_sm_count());
   const bool stats = p.mean || p.rstd;
   p.stats = stats ? reinterpret_cast<float2*>(reinterpret_cast<char*>(p.xt) + stats_offset(g.N, CIN, g.D, g.H))
                   : nullptr;
-  const int rb = relayout_blocks(g);
-  prepass_kernel<CIN><<<(unsigned)(rb + (kWeightFloats<CIN> + 255) / 256), 256, 0, stream>>>(
-      p.x, reinterpret_cast<float4*>(p.xt), w, g, rb);
-  const CUtensorMap xmap = make_x_tensor_map<CIN>(p);
-  fused_conv_tc_kernel<CIN, TANH, MODE><<<g.block0[4], kThreads, smem, stream>>>(p, xmap);
+  const bool gate = F16 && guarded;
+  p.range_gate = gate ? kIfF16Range : kAlways;
+  if (F16) {
+    const cudaError_t e = cudaMemsetAsync(p.range, 0, 2 * sizeof(unsigned), stream);
+    if (e != cudaSuccess)
+      throw std::runtime_error(std::string("fused_conv_transpose3d_ln_gelu_scale: clearing the range words: ") +
+                               cudaGetErrorString(e));
+  }
+  launch_prepass<CIN, F16>(p, w, stream);
+  launch_main<CIN, TANH, MODE, F16>(p, stream);
+  if (gate) {  // the TF32 fallback, run only when the operands are outside the F16 range
+    p.range_gate = kIfNotF16Range;
+    launch_prepass<CIN, false>(p, w, stream, /*gated=*/true);
+    launch_main<CIN, TANH, MODE, false>(p, stream);
+  }
   if (!stats) return;
   const int64_t scatter_blocks = (int64_t)g.N * g.Dout * ((g.Hout + 31) / 32) * 2;
   scatter_row_stats_kernel<<<(unsigned)scatter_blocks, dim3(32, 8), 0, stream>>>(p);
 }
 
+// Operand format (FusedConvOperands, ops/fused_conv_support.h): kAuto takes FP16 where Cin
+// allows it (a multiple of 16) and the operands' range does (TF32 otherwise, decided on the
+// device); the others force one, with no range test.
+using TcOperands = FusedConvOperands;
+inline bool use_f16(int cin, TcOperands ops) { return cin % 16 == 0 && ops != TcOperands::kTf32; }
+
 template <bool TANH>
-void launch_tc_cin(const Params& p, const float* w, cudaStream_t stream) {
+void launch_tc_cin(const Params& p, const float* w, cudaStream_t stream, TcOperands ops) {
+  const bool f16 = use_f16(p.g.Cin, ops), guarded = ops == TcOperands::kAuto;
   switch (p.g.Cin) {
     case 8: launch_tc<8, TANH>(p, w, stream); break;
-    case 16: launch_tc<16, TANH>(p, w, stream); break;
+    case 16:
+      if (f16)
+        launch_tc<16, TANH, 0, true>(p, w, stream, guarded);
+      else
+        launch_tc<16, TANH>(p, w, stream);
+      break;
     case 24: launch_tc<24, TANH>(p, w, stream); break;
-    default: launch_tc<32, TANH>(p, w, stream); break;
+    default:
+      if (f16)
+        launch_tc<32, TANH, 0, true>(p, w, stream, guarded);
+      else
+        launch_tc<32, TANH>(p, w, stream);
+      break;
   }
 }
 
@@ -957,7 +1140,7 @@ inline void launch(const float* x, const float* w, const float* conv_bias, const
                    float* y, float* mean, float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W,
                    int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
                    float eps, bool tanh_gelu, float factor, bool precise, void* workspace,
-                   cudaStream_t stream, int variant = kDefaultVariant) {
+                   cudaStream_t stream, int variant = kDefaultVariant, TcOperands ops = TcOperands::kAuto) {
   Params p = make_params(x, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
                                out_pad_d, out_pad_h, out_pad_w, eps, factor, variant);
   const Geometry& g = p.g;
@@ -973,11 +1156,11 @@ inline void launch(const float* x, const float* w, const float* conv_bias, const
   if (workspace == nullptr)
     throw std::invalid_argument("fused_conv_transpose3d_ln_gelu_scale: the TF32 kernel needs a workspace of " +
                                 std::to_string(workspace_bytes(N, Cin, D, H, mean || rstd)) + " bytes");
-  p.xt = static_cast<float*>(workspace);
+  attach_workspace(p, workspace);
   if (tanh_gelu)
-    launch_tc_cin<true>(p, w, stream);
+    launch_tc_cin<true>(p, w, stream, ops);
   else
-    launch_tc_cin<false>(p, w, stream);
+    launch_tc_cin<false>(p, w, stream, ops);
 }
 
 }  // namespace fused_conv_detail

@@ -1,6 +1,7 @@
 // conv_transpose3d -> fused_ln_gelu_scale  =>
 //   fused_conv_transpose3d_ln_gelu_scale(x, conv_weight, conv_bias?, ln_weight, ln_bias)
-//     {stride, padding, output_padding, eps, approximate, factor, precise=false}
+//     {stride, padding, output_padding, eps, approximate, factor, precise=false, operands="auto"}
+// A forced "f16" needs C_in a multiple of 16; for other C_in the fused op gets "auto" (TF32).
 //
 // Runs after fuse_ln_gelu_scale, so it only has to recognise a two-node chain. The fused kernel
 // handles a narrow family of shapes (see ops/fused_conv_support.h); anything else stays as two
@@ -55,7 +56,7 @@ ChainPattern conv_ln_gelu_scale_pattern() {
                       {single_consumer_chain, conv_groups_is_one, operands_fit, kernel_supports_shapes}};
 }
 
-bool fuse_conv_ln_gelu_scale(Graph& g, bool precise) {
+bool fuse_conv_ln_gelu_scale(Graph& g, bool precise, FusedConvOperands operands) {
   MatchResult r = match_chains(g, conv_ln_gelu_scale_pattern());
   for (const ChainMatch& m : r.legal) {
     Node* conv = m.nodes[0];
@@ -67,7 +68,11 @@ bool fuse_conv_ln_gelu_scale(Graph& g, bool precise) {
                 {"eps", ep->attrs.get("eps")},
                 {"approximate", ep->attrs.get("approximate")},
                 {"factor", ep->attrs.get("factor")},
-                {"precise", AttrValue::Bool(precise)}};
+                {"precise", AttrValue::Bool(precise)},
+                {"operands", AttrValue::Str(fused_conv_operands_name(
+                                 operands == FusedConvOperands::kF16 && conv->inputs[0]->shape()[1] % 16 != 0
+                                     ? FusedConvOperands::kAuto
+                                     : operands))}};
     Node* fused = g.add_node("fused_conv_transpose3d_ln_gelu_scale",
                              {conv->inputs[0], conv->inputs[1], conv_bias, ep->inputs[1], ep->inputs[2]}, attrs);
     // y, mean and rstd all move over: after the first fusion, the stats may feed a backward.

@@ -6,15 +6,16 @@
 // fusion_enabled() is false when MINIDL_NO_FUSE=1 is set.
 #pragma once
 #include "graph/graph.h"
+#include "ops/fused_conv_support.h"
 #include "passes/pass_manager.h"
 #include "passes/pattern.h"
 
 namespace minidl {
 
 bool fuse_ln_gelu_scale(Graph& g);
-// precise: the fused kernel computes in FP32 accuracy (3xTF32) instead of TF32, for users who
-// turn TF32 off.
-bool fuse_conv_ln_gelu_scale(Graph& g, bool precise = false);
+// precise: the fused kernel computes in FP32 (FMA) instead of on tensor cores, for users who turn
+// TF32 off. operands: the tensor cores' operand format (FusedConvOperands: auto, tf32, f16).
+bool fuse_conv_ln_gelu_scale(Graph& g, bool precise = false, FusedConvOperands operands = FusedConvOperands::kAuto);
 bool fusion_enabled();
 
 // The patterns (ops and legality predicates) behind the two fusions, so tests and tools can ask
@@ -23,8 +24,9 @@ ChainPattern ln_gelu_scale_pattern();
 ChainPattern conv_ln_gelu_scale_pattern();
 
 // The forward pipeline: fusions (if enabled and `fuse`), then dead-code elimination. `precise`
-// is handed to the conv fusion (also set by MINIDL_PRECISE=1).
-PassManager forward_passes(bool fuse, bool precise = false);
+// and `operands` are handed to the conv fusion (also set by MINIDL_PRECISE=1 and by
+// MINIDL_FUSED_CONV_OPERANDS=auto|tf32|f16, which override them).
+PassManager forward_passes(bool fuse, bool precise = false, FusedConvOperands operands = FusedConvOperands::kAuto);
 // Passes over the graph once backward nodes are appended: dead-code elimination.
 PassManager backward_passes();
 

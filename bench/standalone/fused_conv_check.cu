@@ -233,34 +233,44 @@ void* workspace_for(const Case& c) {
 }
 
 // stats = false: mean and rstd not wanted (null), as when nothing reads them.
+// Operand format of the tensor-core path (--tf32 / --f16 force one; default: what the op picks).
+minidl::fused_conv_detail::TcOperands g_operands = minidl::fused_conv_detail::TcOperands::kAuto;
 void run_kernel(const Case& c, const Buffers& B, bool precise, int variant, bool stats = true) {
   void* ws = workspace_for(c);
   minidl::fused_conv_detail::launch(B.x, B.w, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, stats ? B.mean : nullptr,
                                     stats ? B.rstd : nullptr, c.N, c.Cin,
                                     c.D, c.H, c.W, 64, c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.tanh_mode,
-                                    c.factor, precise, ws, 0, variant);
+                                    c.factor, precise, ws, 0, variant, g_operands);
   CK(cudaGetLastError());
 }
 
-// The workspace into Params: `xt` (the re-laid-out input, then the statistics' scratch), or
-// `workspace` in the v11 attempt snapshot, which has no re-laid-out copy (so ab_compare.sh can
-// build that snapshot too).
+// The workspace into Params: the header's attach_workspace (range words, then the re-laid-out
+// input and the statistics' scratch) where it has one; `xt` alone before the range words; or
+// `workspace` in the v11 attempt snapshot, which has no re-laid-out copy.
+template <int N>
+struct Rank : Rank<N - 1> {};
+template <>
+struct Rank<0> {};
 template <class P>
-auto attach_workspace(P& p, void* ws, int) -> decltype(p.xt = static_cast<float*>(ws), void()) {
+auto attach_workspace(P& p, void* ws, Rank<2>) -> decltype(p.range = nullptr, void()) {
+  minidl::fused_conv_detail::attach_workspace(p, ws);
+}
+template <class P>
+auto attach_workspace(P& p, void* ws, Rank<1>) -> decltype(p.xt = static_cast<float*>(ws), void()) {
   p.xt = static_cast<float*>(ws);
 }
 template <class P>
-void attach_workspace(P& p, void* ws, long) {
+void attach_workspace(P& p, void* ws, Rank<0>) {
   p.workspace = ws;
 }
 
-// Parameters of the TF32 kernel for a case, its workspace attached (for launching launch_tc
+// Parameters of the tensor-core kernel for a case, its workspace attached (for launching launch_tc
 // directly: profiling modes and build options).
 minidl::fused_conv_detail::Params tc_params(const Case& c, const Buffers& B, int variant) {
   namespace fc = minidl::fused_conv_detail;
   fc::Params p = fc::make_params(B.x, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, B.mean, B.rstd, c.N, c.Cin, c.D,
                                  c.H, c.W, 64, c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.factor, variant);
-  attach_workspace(p, workspace_for(c), 0);
+  attach_workspace(p, workspace_for(c), Rank<2>{});
   return p;
 }
 
@@ -491,7 +501,13 @@ template <int MODE>
 void time_mode(const Case& c, const Buffers& B, const float* w, int variant, const char* what) {
   namespace fc = minidl::fused_conv_detail;
   const fc::Params p = tc_params(c, B, variant);
-  Timing t = time_it([&] { fc::launch_tc<32, false, MODE>(p, w, 0); CK(cudaGetLastError()); });
+  Timing t = time_it([&] {
+    if (fc::use_f16(32, g_operands))
+      fc::launch_tc<32, false, MODE, true>(p, w, 0);
+    else
+      fc::launch_tc<32, false, MODE>(p, w, 0);
+    CK(cudaGetLastError());
+  });
   const double gflop = 2.0 * B.ny * c.Cin * 8 / 1e9;
   const double gbytes = (B.ny * 4.0 + B.nx * 4.0 + 2.0 * B.rows * 4) / 1e9;
   g_rows.push_back({std::string("  part: ") + what, t, gflop, gbytes});
@@ -524,6 +540,14 @@ void profile_parts(const Case& c, int variant) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A trailing --tf32 or --f16 forces the tensor-core path's operand format.
+  if (argc > 1 && std::strcmp(argv[argc - 1], "--tf32") == 0) {
+    g_operands = minidl::fused_conv_detail::TcOperands::kTf32;
+    --argc;
+  } else if (argc > 1 && std::strcmp(argv[argc - 1], "--f16") == 0) {
+    g_operands = minidl::fused_conv_detail::TcOperands::kF16;
+    --argc;
+  }
   const bool small = argc > 1 && std::strcmp(argv[1], "--small") == 0;
   const bool notime = argc > 1 && std::strcmp(argv[1], "--check") == 0;
   g_seed = (uint64_t)std::chrono::high_resolution_clock::now().time_since_epoch().count();

@@ -1,7 +1,9 @@
 // The fused conv_transpose3d -> LayerNorm -> GELU -> scale CUDA kernel against the CPU backend
-// (the unfused CPU kernels, composed, in f64): y and the saved row statistics, in TF32 and in the
-// precise mode, over batch 1, odd depth/height, channel counts the tile supports, the flagship
-// size, and batch 128 (a 4 GiB output, checked on its first and last items).
+// (the unfused CPU kernels, composed, in f64): y and the saved row statistics, with FP16 and TF32
+// tensor-core operands (forced and automatic) and in the precise mode, over batch 1, odd
+// depth/height, channel counts the tile supports, the flagship size, and batch 128 (a 4 GiB
+// output, checked on its first and last items); and the automatic choice's fallback to TF32 for
+// operands outside FP16's range.
 #include <algorithm>
 #include <cmath>
 
@@ -15,10 +17,17 @@ namespace {
 const char* kOp = "fused_conv_transpose3d_ln_gelu_scale";
 
 Attrs fused_conv_attrs(bool precise, const char* approx = "none", double factor = 1.0,
-                       std::vector<int64_t> padding = {1, 1, 1}, std::vector<int64_t> out_pad = {0, 0, 0}) {
+                       std::vector<int64_t> padding = {1, 1, 1}, std::vector<int64_t> out_pad = {0, 0, 0},
+                       const char* operands = "auto") {
   return {{"stride", AttrValue::IntList({2, 2, 2})},   {"padding", AttrValue::IntList(padding)},
           {"output_padding", AttrValue::IntList(out_pad)}, {"approximate", AttrValue::Str(approx)},
-          {"factor", AttrValue::Float(factor)},          {"precise", AttrValue::Bool(precise)}};
+          {"factor", AttrValue::Float(factor)},          {"precise", AttrValue::Bool(precise)},
+          {"operands", AttrValue::Str(operands)}};
+}
+// The tensor-core operand formats a C_in can run: f16 needs a multiple of 16.
+std::vector<const char*> operand_modes(int64_t cin) {
+  if (cin % 16 == 0) return {"auto", "f16", "tf32"};
+  return {"auto", "tf32"};
 }
 
 // The normalized size is W_out, 64 for every case here.
@@ -45,7 +54,7 @@ std::vector<Tensor> fused_conv_inputs(const Shape& x, int64_t cout, bool bias, u
 }  // namespace
 
 TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
-  TEST_CASE("matches the CPU in TF32 and in precise mode over several shapes") {
+  TEST_CASE("matches the CPU with FP16 and TF32 operands and in precise mode over several shapes") {
     if (!minidl_test::require_gpu()) return;
     struct C {
       Shape x;
@@ -58,15 +67,20 @@ TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
                                   {{1, 8, 5, 3, 32}, false, "none", 2.0},  // C_in 8, no conv bias
                                   {{3, 16, 1, 7, 32}, true, "none", -1.0}};
     uint64_t seed = 500;
-    for (const C& c : cases)
-      for (bool precise : {false, true}) {
-        const std::string what = std::string(kOp) + " x " + shape_str(c.x) + (precise ? " precise" : " tf32");
-        // y and the statistics: TF32 within the tensor-core bound, precise within FP32's.
-        const double tol = precise ? kFp32Tol : kTf32Tol;
-        check_op(what, fused_conv_node(c.x, 64, c.bias, fused_conv_attrs(precise, c.approx, c.factor)),
-                 fused_conv_inputs(c.x, 64, c.bias, seed), {tol});
+    for (const C& c : cases) {
+      // y and the statistics: tensor cores within the TF32 bound (FP16 operands have TF32's
+      // mantissa), precise within FP32's.
+      for (const char* ops : operand_modes(c.x[1])) {
+        const std::string what = std::string(kOp) + " x " + shape_str(c.x) + " operands " + ops;
+        check_op(what, fused_conv_node(c.x, 64, c.bias, fused_conv_attrs(false, c.approx, c.factor, {1, 1, 1}, {0, 0, 0}, ops)),
+                 fused_conv_inputs(c.x, 64, c.bias, seed), {kTf32Tol});
         seed += 10;
       }
+      check_op(std::string(kOp) + " x " + shape_str(c.x) + " precise",
+               fused_conv_node(c.x, 64, c.bias, fused_conv_attrs(true, c.approx, c.factor)),
+               fused_conv_inputs(c.x, 64, c.bias, seed), {kFp32Tol});
+      seed += 10;
+    }
   }
 
   TEST_CASE("other paddings and output paddings (W_in 31, 33, 34) match the CPU") {
@@ -81,14 +95,15 @@ TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
                                   {{1, 24, 3, 3, 34}, {1, 1, 3}, {0, 0, 0}},
                                   {{2, 32, 3, 4, 31}, {2, 0, 0}, {1, 0, 0}}};
     uint64_t seed = 550;
-    for (const C& c : cases) {
-      const std::string what = std::string(kOp) + " x " + shape_str(c.x) + " padding " +
-                               std::to_string(c.pad[0]) + "," + std::to_string(c.pad[1]) + "," +
-                               std::to_string(c.pad[2]);
-      check_op(what, fused_conv_node(c.x, 64, true, fused_conv_attrs(false, "none", 1.0, c.pad, c.out_pad)),
-               fused_conv_inputs(c.x, 64, true, seed), {kTf32Tol});
-      seed += 10;
-    }
+    for (const C& c : cases)
+      for (const char* ops : operand_modes(c.x[1])) {
+        const std::string what = std::string(kOp) + " x " + shape_str(c.x) + " padding " +
+                                 std::to_string(c.pad[0]) + "," + std::to_string(c.pad[1]) + "," +
+                                 std::to_string(c.pad[2]) + " operands " + ops;
+        check_op(what, fused_conv_node(c.x, 64, true, fused_conv_attrs(false, "none", 1.0, c.pad, c.out_pad, ops)),
+                 fused_conv_inputs(c.x, 64, true, seed), {kTf32Tol});
+        seed += 10;
+      }
   }
 
   TEST_CASE("without mean and rstd (nothing reads them) y is the same, bit for bit") {
@@ -96,10 +111,34 @@ TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
     // The executor leaves unread optional outputs undefined; the kernels then skip the
     // statistics (the TF32 path also skips its scratch and second kernel).
     const Shape x{2, 32, 3, 5, 32};
-    for (bool precise : {false, true})
-      check_optional_outputs_skipped(std::string(kOp) + (precise ? " precise" : " tf32"),
-                                     fused_conv_node(x, 64, true, fused_conv_attrs(precise)),
+    for (const char* ops : operand_modes(x[1]))
+      check_optional_outputs_skipped(std::string(kOp) + " operands " + ops,
+                                     fused_conv_node(x, 64, true, fused_conv_attrs(false, "none", 1.0, {1, 1, 1}, {0, 0, 0}, ops)),
                                      fused_conv_inputs(x, 64, true, 650));
+    check_optional_outputs_skipped(std::string(kOp) + " precise", fused_conv_node(x, 64, true, fused_conv_attrs(true)),
+                                   fused_conv_inputs(x, 64, true, 650));
+  }
+
+  TEST_CASE("operands outside FP16's range: auto falls back to TF32 and stays within the bound") {
+    if (!minidl_test::require_gpu()) return;
+    // x scaled far above FP16's range (max 65504: x overflows, the weights underflow) and far
+    // below it (1e-6: FP16 subnormals keep ~4 bits); forced f16 is far off in both, and "auto"
+    // must notice on the device and run the TF32 kernels instead. Weights scaled the other way
+    // keep the conv output at its usual size.
+    const Shape x{2, 32, 3, 5, 32};
+    for (double scale : {1e6, 1e-6}) {
+      std::vector<Tensor> ins = fused_conv_inputs(x, 64, true, 800);
+      float* xs = ins[0].data<float>();
+      for (int64_t i = 0; i < ins[0].numel(); ++i) xs[i] = static_cast<float>(xs[i] * scale);
+      float* ws = ins[1].data<float>();
+      for (int64_t i = 0; i < ins[1].numel(); ++i) ws[i] = static_cast<float>(ws[i] / scale);
+      const std::string what = std::string(kOp) + " x * " + std::to_string(scale);
+      check_op(what + " operands auto", fused_conv_node(x, 64, true, fused_conv_attrs(false)), ins, {kTf32Tol});
+      RunResult forced = run_cpu_vs_cuda(
+          fused_conv_node(x, 64, true, fused_conv_attrs(false, "none", 1.0, {1, 1, 1}, {0, 0, 0}, "f16")), ins);
+      INFO(what << " operands f16 (no range test): the case must be outside FP16's reach");
+      CHECK_FALSE((all_finite(forced.gpu[0]) && rel_l2_error(forced.gpu[0], forced.ref[0]) <= 10 * kTf32Tol));
+    }
   }
 
   TEST_CASE("the flagship size matches the CPU") {

@@ -122,6 +122,13 @@ TEST_SUITE("ops/errors") {
     expect_error([&] { add_op(f, {x, Shape{3, 3, 2, 2, 2}, std::nullopt, Shape{3}, Shape{3}}); }, {f, "channels"});
     expect_error([&] { add_op(f, {x, cw, std::nullopt, Shape{3}, Shape{3}}, {{"groups", AttrValue::Int(1)}}); },
                  {f, "unknown attribute", "groups"});
+    expect_error([&] { add_op(f, {x, cw, std::nullopt, Shape{3}, Shape{3}}, {{"operands", AttrValue::Str("bf16")}}); },
+                 {f, "operands", "bf16"});
+    // FP16 operands need C_in a multiple of 16 (x has 2 channels); "auto" and "tf32" are fine.
+    expect_error([&] { add_op(f, {x, cw, std::nullopt, Shape{3}, Shape{3}}, {{"operands", AttrValue::Str("f16")}}); },
+                 {f, "f16", "multiple of 16", "[1,2,2,2,2]"});
+    for (const char* ok : {"auto", "tf32"})
+      CHECK_NOTHROW(add_op(f, {x, cw, std::nullopt, Shape{3}, Shape{3}}, {{"operands", AttrValue::Str(ok)}}));
     expect_error([&] { add_op("fused_ln_gelu_scale_backward", {Shape{2, 4}, Shape{2, 4}, Shape{4}, Shape{4}, Shape{2}, Shape{3}}); },
                  {"fused_ln_gelu_scale_backward", "'rstd'", "[3]", "[2]"});
   }

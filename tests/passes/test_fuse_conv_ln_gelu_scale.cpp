@@ -102,6 +102,37 @@ TEST_CASE("conv_transpose3d -> layer_norm -> gelu -> scale becomes one node in t
   CHECK_FALSE(fuse_conv_ln_gelu_scale(*g));
 }
 
+TEST_CASE("the operand format is carried into the fused op, through the pipeline and MINIDL_FUSED_CONV_OPERANDS") {
+  // The small test graph with C_in 32 (f16 needs a multiple of 16), and as it is (C_in 8).
+  std::string text = read_pass_data("conv_ln_gelu_scale.in.txt");
+  for (const char* from : {"f32[1,8,2,2,32]", "f32[8,64,4,4,4]"}) {
+    const size_t at = text.find(from);
+    REQUIRE(at != std::string::npos);
+    text.replace(at, std::string(from).size(), std::string(from) == "f32[1,8,2,2,32]" ? "f32[1,32,2,2,32]" : "f32[32,64,4,4,4]");
+  }
+  auto operands_after = [&](const std::string& graph_text, FusedConvOperands ops) {
+    auto h = parse_text(graph_text);
+    forward_passes(true, false, ops).run(*h);
+    for (const Node* n : h->nodes())
+      if (n->op == kFusedConv) return n->attrs.get_str("operands");
+    FAIL("no fused conv node");
+    return std::string();
+  };
+  CHECK(operands_after(text, FusedConvOperands::kAuto) == "auto");
+  CHECK(operands_after(text, FusedConvOperands::kTf32) == "tf32");
+  CHECK(operands_after(text, FusedConvOperands::kF16) == "f16");
+  // C_in 8 cannot take FP16 operands: the fused op gets "auto" (which runs TF32 there).
+  CHECK(operands_after(read_pass_data("conv_ln_gelu_scale.in.txt"), FusedConvOperands::kF16) == "auto");
+  {
+    ScopedEnv env("MINIDL_FUSED_CONV_OPERANDS", "tf32");
+    CHECK(operands_after(text, FusedConvOperands::kAuto) == "tf32");
+  }
+  {
+    ScopedEnv env("MINIDL_FUSED_CONV_OPERANDS", "fp8");
+    CHECK_THROWS_WITH_AS(forward_passes(true), doctest::Contains("MINIDL_FUSED_CONV_OPERANDS"), Error);
+  }
+}
+
 TEST_CASE("precise mode is carried into the fused op, through the pipeline and MINIDL_PRECISE") {
   auto g = load_pass_input("conv_ln_gelu_scale");
   fuse_ln_gelu_scale(*g);
