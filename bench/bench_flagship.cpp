@@ -72,6 +72,8 @@ void time_kernels(Device dev, const examples::FlagshipConfig& cfg, int warmup, i
   const Attrs epi{{"eps", AttrValue::Float(cfg.eps)}, {"factor", AttrValue::Float(cfg.scale)}};
   Attrs fconv = conv;
   for (const auto& [k, v] : epi.items()) fconv.set(k, v);
+  Attrs fconv_tf32 = fconv;
+  fconv_tf32.set("operands", AttrValue::Str("tf32"));
   struct Case {
     const char* name;
     const char* op;
@@ -81,6 +83,8 @@ void time_kernels(Device dev, const examples::FlagshipConfig& cfg, int warmup, i
   const std::vector<Case> cases = {
       {"fused_conv_ln_gelu_scale", "fused_conv_transpose3d_ln_gelu_scale",
        {{"x", xs}, {"w", ws}, {"cb", {cfg.out_channels}}, {"g", {W}}, {"b", {W}}}, fconv},
+      {"fused_conv_ln_gelu_scale_tf32", "fused_conv_transpose3d_ln_gelu_scale",
+       {{"x", xs}, {"w", ws}, {"cb", {cfg.out_channels}}, {"g", {W}}, {"b", {W}}}, fconv_tf32},
       {"conv_transpose3d", "conv_transpose3d", {{"x", xs}, {"w", ws}, {"cb", {cfg.out_channels}}}, conv},
       {"conv_grad_input", "conv_transpose3d_grad_input", {{"dy", ys}, {"w", ws}}, grad_in},
       {"conv_grad_weight", "conv_transpose3d_grad_weight", {{"x", xs}, {"dy", ys}}, grad_w},
@@ -124,9 +128,13 @@ int main(int argc, char** argv) try {
   model->to(dev);
   Tensor x = Tensor::uniform(cfg.input_shape(), 0, 1, 1, DType::F32, dev);
   Tensor gy = Tensor::normal(cfg.output_shape(), 0, 1, 2, DType::F32, dev);
-  for (bool fuse : {false, true}) {
-    const char* name = fuse ? "minidl_fused" : "minidl_unfused";
-    nn::CompiledModule cm(model, x.shape(), nn::CompileOptions().device(dev).fuse(fuse));
+  // Unfused; fused with TF32 operands forced; fused with the default operands (FP16 where the
+  // range test allows, ops/fused_conv_support.h).
+  for (int variant = 0; variant < 3; ++variant) {
+    const bool fuse = variant > 0;
+    const char* name = variant == 0 ? "minidl_unfused" : variant == 1 ? "minidl_fused_tf32" : "minidl_fused";
+    nn::CompiledModule cm(model, x.shape(), nn::CompileOptions().device(dev).fuse(fuse).operands(
+                                                variant == 1 ? FusedConvOperands::kTf32 : FusedConvOperands::kAuto));
     Stats f = time_region(dev, warmup, reps, [&] { cm.forward(x); });
     std::printf("RESULT %s forward %.4f %.4f %.4f 0\n", name, f.median, f.min, f.max);
     size_t base = 0;

@@ -80,7 +80,9 @@ def ceilings():
     m = torch.randn(8192, 8192, device="cuda")
     t, _, _ = time_ms(lambda: m @ m, reps=20, warmup=10)
     torch.backends.cuda.matmul.allow_tf32 = False
-    return copy_tbs, 2 * 8192**3 / (t * 1e-3) / 1e12
+    h = m.half()  # FP16 operands, FP32 accumulation: the fused kernel's default operand format
+    th, _, _ = time_ms(lambda: torch.matmul(h, h), reps=20, warmup=10)
+    return copy_tbs, 2 * 8192**3 / (t * 1e-3) / 1e12, 2 * 8192**3 / (th * 1e-3) / 1e12
 
 
 def main():
@@ -88,7 +90,7 @@ def main():
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
     dev_name = torch.cuda.get_device_name()
-    copy_tbs, tf32_tflops = ceilings()
+    copy_tbs, tf32_tflops, f16_tflops = ceilings()
     model = Model().cuda()
     x = torch.rand(32, 32, 16, 32, 32, device="cuda")
     gy = torch.randn(32, 64, 32, 64, 64, device="cuda")
@@ -111,13 +113,15 @@ def main():
     lines = [
         f"Flagship (x [32,32,16,32,32] -> y [32,64,32,64,64]) on {dev_name}, "
         f"{datetime.date.today()}, commit {commit or 'unknown'}, median of {REPS} (min-max)",
-        f"ceilings measured in this run: copy {copy_tbs:.2f} TB/s (read+write), TF32 matmul {tf32_tflops:.0f} TFLOP/s; "
-        f"forward floor {(2**30 + 2**26) / (copy_tbs * 1e12) * 1e3:.3f} ms (bytes), {137.4e9 / (tf32_tflops * 1e12) * 1e3:.3f} ms (TF32 math)",
+        f"ceilings measured in this run: copy {copy_tbs:.2f} TB/s (read+write), TF32 matmul {tf32_tflops:.0f} TFLOP/s, "
+        f"FP16 matmul {f16_tflops:.0f} TFLOP/s; forward floor {(2**30 + 2**26) / (copy_tbs * 1e12) * 1e3:.3f} ms (bytes), "
+        f"{137.4e9 / (tf32_tflops * 1e12) * 1e3:.3f} ms (TF32 math), {137.4e9 / (f16_tflops * 1e12) * 1e3:.3f} ms (FP16 math)",
+        "minidl_fused: FP16 tensor-core operands (TF32's mantissa) with the range test; minidl_fused_tf32: TF32 operands forced",
         "",
         "| variant | forward ms | x eager | x compile | fwd TFLOP/s | fwd GB/s | train step ms | x eager | x compile | train peak MiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name in ("pytorch_eager", "torch_compile", "minidl_unfused", "minidl_fused"):
+    for name in ("pytorch_eager", "torch_compile", "minidl_unfused", "minidl_fused_tf32", "minidl_fused"):
         if (name, "forward") not in res:
             continue
         f, t = res[(name, "forward")], res[(name, "train_step")]
@@ -127,7 +131,8 @@ def main():
             f"{t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f}) | {eager_t / t[0]:.2f} | {comp_t / t[0]:.2f} | {t[3] / 2**20:.0f} |")
     # Single ops at the flagship size: time, and GB/s over the bytes each must move at least once.
     gib = 2**30
-    op_bytes = {"fused_conv_ln_gelu_scale": gib + 2**26, "conv_transpose3d": gib + 2**26,
+    op_bytes = {"fused_conv_ln_gelu_scale": gib + 2**26, "fused_conv_ln_gelu_scale_tf32": gib + 2**26,
+                "conv_transpose3d": gib + 2**26,
                 "conv_grad_input": gib + 2**26, "conv_grad_weight": gib + 2**26,
                 "fused_ln_gelu_scale": 2 * gib + 2**25, "fused_ln_gelu_scale_bwd": 3 * gib + 2**25,
                 "fused_ln_gelu_scale_bwd_nostats": 3 * gib}

@@ -67,9 +67,11 @@ for s in $STAGES; do
       if nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -lineinfo -I. \
            bench/standalone/fused_conv_check.cu -o "$BUILD/fused_conv_check" >"$OUT/fused_conv_check_build.log" 2>&1; then
         for tool in memcheck racecheck; do
-          timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/fused_conv_check" --small \
-            >"$OUT/sanitize-fused-conv-$tool.log" 2>&1 && record "fc $tool" clean ||
-            { record "fc $tool" "ERRORS"; status=1; tail -n 30 "$OUT/sanitize-fused-conv-$tool.log"; }
+          for ops in f16 tf32; do  # both operand formats of the tensor-core path
+            timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/fused_conv_check" --small --$ops \
+              >"$OUT/sanitize-fused-conv-$tool-$ops.log" 2>&1 && record "fc $tool $ops" clean ||
+              { record "fc $tool $ops" "ERRORS"; status=1; tail -n 30 "$OUT/sanitize-fused-conv-$tool-$ops.log"; }
+          done
         done
       else
         record "fc build" FAILED; status=1; tail -n 20 "$OUT/fused_conv_check_build.log"
