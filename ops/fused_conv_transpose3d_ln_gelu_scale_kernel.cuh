@@ -69,6 +69,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "core/smem_sync.cuh"
 #include "ops/fused_conv_support.h"
@@ -238,6 +239,12 @@ using ptx::mbar_init;
 using ptx::mbar_init_fence;
 using ptx::mbar_wait;
 using ptx::smem_u32;
+// Programmatic dependent launch (a kernel launched with programmatic stream serialization may
+// start while its predecessor drains): wait until the predecessor has completed and its writes
+// are visible (a no-op in a kernel launched normally; every block runs it before anything else,
+// so no block can finish ahead of the predecessor), and let this kernel's dependent start early.
+__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void griddep_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -394,6 +401,8 @@ constexpr int kWeightBlocks = (kWeightElems<CIN, F16> + 255) / 256;
 template <int CIN, bool F16>
 __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const float* __restrict__ w,
                                                       int relayout_blocks) {
+  griddep_wait();
+  griddep_launch_dependents();
   if (!F16 && gate_closed(p)) return;
   constexpr int C = chan_per_row(F16);
   constexpr int kPlaneF4 = plane_rows(CIN, F16);  // 16-byte rows per plane
@@ -564,6 +573,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Shared-memory atomics on both sides (a plain flag would be a data race, and racecheck says so).
   int* const issued = reinterpret_cast<int*>(smem_raw + (w_bar + 8 - w_s));
   const Geometry& g = p.g;
+  griddep_wait();
+  griddep_launch_dependents();
   if (gate_closed(p)) return;
 
   // The block's class and its contiguous range of that class's units.
@@ -1000,17 +1011,37 @@ template <class Kernel>
 void pin_max_smem_carveout(Kernel k) {
   cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared);
 }
+// Launches kernel<<<grid, block, smem, stream>>>(args...); `pdl`: as a programmatic dependent of
+// the kernel before it in the stream (the kernel must begin with griddep_wait). Throws on error.
+template <class... Params_, class... Args>
+void launch_kernel(bool pdl, void (*kernel)(Params_...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("fused_conv_transpose3d_ln_gelu_scale: kernel launch failed: ") +
+                             cudaGetErrorString(e));
+}
 // `gated`: the launch may find its gate closed (the TF32 fallback); a small grid then costs less.
 template <int CIN, bool F16>
-void launch_prepass(const Params& p, const float* w, cudaStream_t stream, bool gated = false) {
+void launch_prepass(const Params& p, const float* w, cudaStream_t stream, bool gated = false, bool pdl = false) {
   static const bool configured = (pin_max_smem_carveout(prepass_kernel<CIN, F16>), true);
   (void)configured;
   const int rb = relayout_blocks(p.g), total = rb + kWeightBlocks<CIN, F16>;
   const int grid = gated ? std::min(total, 4 * device_sm_count()) : total;
-  prepass_kernel<CIN, F16><<<(unsigned)grid, 256, 0, stream>>>(p, w, rb);
+  launch_kernel(pdl, prepass_kernel<CIN, F16>, dim3((unsigned)grid), dim3(256), 0, stream, p, w, rb);
 }
 template <int CIN, bool TANH, int MODE, bool F16>
-void launch_main(const Params& p, cudaStream_t stream) {
+void launch_main(const Params& p, cudaStream_t stream, bool pdl = false) {
   constexpr size_t smem = tc_smem_bytes<CIN, F16>();
   static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
   static const bool configured = [] {
@@ -1021,7 +1052,8 @@ void launch_main(const Params& p, cudaStream_t stream) {
   }();
   (void)configured;
   const CUtensorMap xmap = make_x_tensor_map<CIN, F16>(p);
-  fused_conv_tc_kernel<CIN, TANH, MODE, F16><<<p.g.block0[4], kThreads, smem, stream>>>(p, xmap);
+  launch_kernel(pdl, fused_conv_tc_kernel<CIN, TANH, MODE, F16>, dim3((unsigned)p.g.block0[4]), dim3(kThreads), smem,
+                stream, p, xmap);
 }
 
 // The tensor-core path: pre-pass, main kernel and, when mean or rstd is wanted, the statistics
@@ -1046,12 +1078,14 @@ void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool gua
       throw std::runtime_error(std::string("fused_conv_transpose3d_ln_gelu_scale: clearing the range words: ") +
                                cudaGetErrorString(e));
   }
+  // Each launch after the first is a programmatic dependent of the one before: its launch and
+  // prologue overlap the predecessor's last wave (the gated launches cost little more than that).
   launch_prepass<CIN, F16>(p, w, stream);
-  launch_main<CIN, TANH, MODE, F16>(p, stream);
+  launch_main<CIN, TANH, MODE, F16>(p, stream, /*pdl=*/true);
   if (gate) {  // the TF32 fallback, run only when the operands are outside the F16 range
     p.range_gate = kIfNotF16Range;
-    launch_prepass<CIN, false>(p, w, stream, /*gated=*/true);
-    launch_main<CIN, TANH, MODE, false>(p, stream);
+    launch_prepass<CIN, false>(p, w, stream, /*gated=*/true, /*pdl=*/true);
+    launch_main<CIN, TANH, MODE, false>(p, stream, /*pdl=*/true);
   }
   if (!stats) return;
   const int64_t scatter_blocks = (int64_t)g.N * g.Dout * ((g.Hout + 31) / 32) * 2;
