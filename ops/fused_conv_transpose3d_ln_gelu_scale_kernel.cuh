@@ -1066,7 +1066,6 @@ void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool gua
   static_assert(!F16 || CIN % 16 == 0, "FP16 operands need Cin a multiple of 16");
   Params p = p_in;
   Geometry& g = p.g;
-  plan_blocks(g, device_sm_count());
   const bool stats = p.mean || p.rstd;
   p.stats = stats ? reinterpret_cast<float2*>(reinterpret_cast<char*>(p.xt) + stats_offset(g.N, CIN, g.D, g.H))
                   : nullptr;
@@ -1078,9 +1077,12 @@ void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool gua
       throw std::runtime_error(std::string("fused_conv_transpose3d_ln_gelu_scale: clearing the range words: ") +
                                cudaGetErrorString(e));
   }
-  // Each launch after the first is a programmatic dependent of the one before: its launch and
-  // prologue overlap the predecessor's last wave (the gated launches cost little more than that).
+  // The pre-pass first (it needs no block plan), so that the host's remaining work (block plan,
+  // tensor maps, launches) overlaps it instead of leaving the GPU idle. Each launch after it is a
+  // programmatic dependent of the one before: its launch and prologue overlap the predecessor's
+  // last wave (the gated launches cost little more than that).
   launch_prepass<CIN, F16>(p, w, stream);
+  plan_blocks(g, device_sm_count());
   launch_main<CIN, TANH, MODE, F16>(p, stream, /*pdl=*/true);
   if (gate) {  // the TF32 fallback, run only when the operands are outside the F16 range
     p.range_gate = kIfNotF16Range;
