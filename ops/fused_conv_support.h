@@ -5,7 +5,7 @@
 //
 // The kernel splits the stride-2, kernel-4 transposed convolution into its 8 parity phases and
 // keeps one phase class's weights resident in shared memory (64 output channels x 8 taps x Cin x
-// both ow parities: 128 KB at Cin 32), so
+// both ow parities: 128 KB at Cin 32 with TF32 operands, 64 KB with FP16), so
 // it needs: stride 2 and kernel 4 in every dim, Cout = 64, Cin a multiple of 8 up to 32, and an
 // output row of exactly 64 values (W_out = 64, the LayerNorm's normalized size).
 #pragma once

@@ -6,8 +6,11 @@
 #   bench/standalone/ab_compare.sh OUT_DIR bench/kernels_history/fused_conv_v9.cu [rounds]
 # The snapshot is built with today's launcher (ops/fused_conv_transpose3d_ln_gelu_scale.cu) and
 # check program, so it must have today's interface (Params, make_params, workspace_bytes,
-# launch_tc<CIN, TANH, MODE>, plan_blocks, decode_unit / advance_unit): v9 and later snapshots do;
-# the profiling modes of the check mean what the current header says.
+# launch_tc<CIN, TANH, MODE>, plan_blocks, decode_unit / advance_unit, attach_workspace,
+# TcOperands): snapshots from the FP16-operand version on do (fused_conv_v9_tf32_final.cu and
+# older ones need the check of their own commit); the profiling modes of the check mean what the
+# current header says. The TF32 and FP16 paths of one build compare with `./fc --check --tf32`
+# against `./fc --check` in one run.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:?usage: ab_compare.sh OUT_DIR SNAPSHOT [rounds]}

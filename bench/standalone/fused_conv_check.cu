@@ -6,6 +6,9 @@
 //   ./fc --small    one small case per mode (for compute-sanitizer)
 //   ./fc --prof     one flagship launch and nothing else (for ncu); --prof-epilogue: the same
 //                   with only the epilogue warps' work (profiling mode 5)
+//   ./fc --loop S   flagship launches (no statistics) back to back for S seconds, for power and
+//                   clock sampling (bench/standalone/power_probe.sh); --loop-epilogue S: mode 5
+//   a trailing --tf32 or --f16 forces the tensor-core operand format (default: the op's choice)
 // Reference: a direct transposed convolution written from the definition
 // (od = id*2 - pad + kd, every tap tested) in float64 and in float32 on the GPU, followed by a
 // row-wise LayerNorm/GELU/scale in the same precision. Outputs are NaN-poisoned before each run,
@@ -556,6 +559,35 @@ int main(int argc, char** argv) {
   printf("device: %s, %d SMs, L2 %d MB, seed %llu\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20,
          (unsigned long long)g_seed);
 
+  if (argc > 2 && std::strncmp(argv[1], "--loop", 6) == 0) {  // sustained launches, for power sampling
+    const bool epi = std::strcmp(argv[1], "--loop-epilogue") == 0;
+    const double secs = std::atof(argv[2]);
+    const Case c = {"flagship N32", 32, 32, 16, 32, 32, 1, 1, 1, 0, 0, 0, true, false, 1.0f};
+    Buffers B = make_buffers(c);
+    namespace fc = minidl::fused_conv_detail;
+    fc::Params p = tc_params(c, B, fc::kDefaultVariant);
+    p.mean = p.rstd = nullptr;
+    const bool f16 = fc::use_f16(32, g_operands);
+    auto launch = [&] {
+      if (f16 && epi) fc::launch_tc<32, false, 5, true>(p, B.w, 0);
+      if (f16 && !epi) fc::launch_tc<32, false, 0, true>(p, B.w, 0);
+      if (!f16 && epi) fc::launch_tc<32, false, 5>(p, B.w, 0);
+      if (!f16 && !epi) fc::launch_tc<32, false, 0>(p, B.w, 0);
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    int iters = 0;
+    double el = 0;
+    while (el < secs) {
+      for (int i = 0; i < 20; ++i) launch();
+      CK(cudaDeviceSynchronize());
+      iters += 20;
+      el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    printf("loop%s (%s operands): %d launches, %.4f ms each\n", epi ? " epilogue only" : "", f16 ? "f16" : "tf32",
+           iters, el * 1e3 / iters);
+    free_buffers(B);
+    return 0;
+  }
   if (argc > 1 && std::strncmp(argv[1], "--prof", 6) == 0) {  // one flagship launch, for a profiler
     const Case c = {"flagship N32", 32, 32, 16, 32, 32, 1, 1, 1, 0, 0, 0, true, false, 1.0f};
     Buffers B = make_buffers(c);

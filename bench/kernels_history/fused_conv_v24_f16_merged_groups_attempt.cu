@@ -1,0 +1,1233 @@
+// v24 attempt (not kept, 0.507-0.508 ms against 0.499-0.501 without statistics): with FP16 operands a
+// block takes both oh parities of one od parity (two classes' weights, 2 x 64 KB), so the units at
+// oh and oh + 1 share their two input rows (loads alone 0.168 against 0.230 ms); the producer counts a
+// ring slot's readers and arrives for the missing ones. Builds with the check of its time, which
+// walked units through block_units() / decode_unit<kMerged>() (bench/NOTES.md, "Power").
+// Kernels behind fused_conv_transpose3d_ln_gelu_scale: ConvTranspose3d (stride 2, kernel 4,
+// Cout 64) -> + bias -> LayerNorm over the last dim (W_out = 64) -> GELU -> * factor, in one pass
+// that writes y once plus, when they are wanted, the per-row mean and rstd. Included by
+// ops/fused_conv_transpose3d_ln_gelu_scale.cu and by the standalone check
+// bench/standalone/fused_conv_check.cu; it needs only the CUDA runtime (the driver's tensor-map
+// encoder is reached through cudaGetDriverEntryPointByVersion).
+//
+// Operands: FP16 (K = 16 per wgmma step) or TF32 (K = 8), both accumulated in FP32; FP16 has
+// TF32's 10-bit mantissa, so the two round the same, but its exponent range is narrow. By
+// default the pre-pass measures max|x| and max|w| on the device and the FP16 kernel runs when
+// both lie in [2^-8, 2^15]; otherwise a TF32 pre-pass and kernel run instead (launched always,
+// they return at once when not needed). FP16 halves the operand bytes everywhere (weights 64 KB
+// instead of 128, input planes, wgmma operand reads) and doubles the tensor rate: the flagship
+// runs 0.49-0.50 ms against 0.615 with TF32, which is bound by the H100's 700 W power cap
+// (bench/NOTES.md). Below, sizes are the TF32 ones; FP16 halves every operand byte count.
+//
+// How the tensor-core kernel works (v9; numbers for Cin = 32; bench/NOTES.md has the measurements):
+//  * Phases. Output od receives x[id] through tap kd = td - 2 id with td = od + pad_d, so only
+//    kd in {td&1, (td&1)+2} (id = td>>1 and id = (td>>1)-1) contribute; the same in h and w. The
+//    parity class (td&1, th&1) of an output row fixes its 4 (kd, kh) taps. Along w, outputs
+//    ow = 2u + q (u = 0..31, q = ow parity) use taps kw = ((q+pw)&1) + 2c, c in {0,1}, at
+//    iw = u + ((q+pw)>>1) - c.
+//  * Work unit = a row pair: rows A = (n, od, oh) and B = (n, od + 2, oh) of one parity class,
+//    all 64 co x all 64 ow of both, K = Cin x 8 taps = 256. Per ow parity q it is the GEMM
+//    D[co 64][n 64] = W_q[co][k] * X[k][n] with n = 2u + r (r = 0: row A, 1: row B), one wgmma
+//    m64n64k8 per k-step, both operands from shared memory (SS): 64 wgmmas per unit.
+//  * Input re-layout. A pre-pass kernel (which also re-lays out the weights) writes x once more
+//    as planes, one per (n, id, ih):
+//    [ci/4][rho][ci%4] with rho = iw - iw_min over 34 rows (zeros outside [0, W)), TF32-rounded.
+//    A TMA tensor load then takes the planes id and id + 1 of one ih and interleaves them row by
+//    row: [ci/4][rho][r][ci%4], 16-byte rows. That is the K-major, no-swizzle layout wgmma wants
+//    for B (a core matrix = 8 n-rows x 4 channels = 128 contiguous bytes, the next 4 channels are
+//    LBO on), and the shift by tap c or parity q is a 32-byte offset of the descriptor's start
+//    address: an implicit im2col for two rows at once, with no copies. Out-of-range id / ih come
+//    back as zeros from the TMA unit.
+//  * Inputs of a unit: for tap (a, b) it reads the interleaved pair (id0 - a, id0 - a + 1) of
+//    input row ih0 - b. A ring slot holds one input row ih (both a); the next unit of the same
+//    (n, od) has ih0 + 1, so it reuses one slot and loads one. One producer thread issues them.
+//  * Weights of the block's parity class (both q, all of K: 128 KB) stay in shared memory, in
+//    the A operand's core-matrix layout, loaded once: each block works on one class only.
+//  * Warp specialization. Warpgroup 0 is the producer (one thread used); warpgroups 1-3 are
+//    consumers that take the block's units in turn: wait for the unit's two ring slots, issue its
+//    64 wgmmas, wait, release the slots, then run bias-free LayerNorm -> GELU -> scale on the 64
+//    accumulators in registers. While one consumer runs its epilogue the others keep the tensor
+//    cores busy. setmaxnreg: 40 registers for the producer, 152 for the consumers.
+//  * Stores. Each warp turns 8 rows x 64 values at a time around in a 2 KB shared scratch, so that
+//    every 16-byte store instruction writes two whole 256-byte rows of y.
+//  * LayerNorm statistics: a thread holds 16 of a row's 64 values (both parities); the row's
+//    four threads are one quad, so two shuffles finish each sum (two passes: mean, then squared
+//    deviations). When mean or rstd is wanted, the (mean, rstd) pairs go to a unit-ordered
+//    scratch in the workspace (64-byte runs) and a small second kernel transposes them into
+//    mean / rstd [n][co][od][oh] with whole-line writes: written in place they were 4-byte writes
+//    into sectors shared with the other oh parity's block, and cost 0.19 ms of the kernel's time
+//    (bench/NOTES.md). When neither is wanted (nothing reads them: inference, and the training
+//    step, whose backward recomputes them) both steps are skipped: 0.035 ms less.
+//  * Shared memory per unit: 2048 wavefronts of wgmma operands (SS m64n64k8 reads 4 KB per 32
+//    tensor cycles), 512 of store scratch, 136 of input loads. The operand reads travel the L1's
+//    LSU data pipe, which Nsight Compute shows as the busiest unit (82% of its peak): the kernel's
+//    floor is there.
+//  * All element offsets into x, y, mean and rstd are 64-bit.
+// The precise (FP32) kernel is a plain direct convolution per row with the same epilogue.
+#pragma once
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "core/smem_sync.cuh"
+#include "ops/fused_conv_support.h"
+
+namespace minidl {
+namespace fused_conv_detail {
+
+constexpr int kThreads = 512;   // warpgroup 0: producer (warp 0); warpgroups 1-3: consumers
+constexpr int kConsumers = 3;
+// setmaxnreg split of the register file (128 * 40 + 384 * 152 <= 64K): the consumers hold 64
+// accumulators, the 32 gamma / beta values of their columns and the epilogue's temporaries.
+constexpr int kProducerRegs = 40, kConsumerRegs = 152;
+constexpr int kPlaneRows = 34;  // input plane rows per channel group: rho = iw - iw_min, 32 u + 2 taps
+constexpr int kSlots = 4;       // ring of input rows (one ih, both kd taps), 17 KB each at Cin 32
+constexpr int kMaxCin = 32;
+// Operand formats. TF32: a 16-byte row holds 4 channels and a wgmma step has K = 8. F16 (FP16
+// operands, FP32 accumulation; same 10-bit mantissa as TF32, narrower exponent range): 8
+// channels per row, K = 16 per step, half the operand bytes.
+constexpr int chan_per_row(bool f16) { return f16 ? 8 : 4; }
+constexpr int k_per_step(bool f16) { return f16 ? 16 : 8; }
+// Bytes of one re-laid-out input plane (n, id, ih): [Cin/c][kPlaneRows][c] with c = chan_per_row.
+constexpr uint32_t plane_bytes(int cin, bool f16 = false) {
+  return (uint32_t)(cin / chan_per_row(f16)) * kPlaneRows * 16;
+}
+// Two planes (id, id + 1) interleaved row by row, one ring slot (taps a = 0, 1), the weights of a
+// class (both parities, K = 8 Cin, 64 co: 2 KB per wgmma step), and the rows of one TMA box (at
+// most 256 per box).
+constexpr uint32_t pair_bytes(int cin, bool f16 = false) { return 2 * plane_bytes(cin, f16); }
+constexpr uint32_t slot_bytes(int cin, bool f16 = false) { return 2 * pair_bytes(cin, f16); }
+constexpr int ksteps(int cin, bool f16 = false) { return 8 * cin / k_per_step(f16); }  // per parity
+constexpr uint32_t weight_bytes(int cin, bool f16 = false) { return 2u * ksteps(cin, f16) * 2048; }
+constexpr int plane_rows(int cin, bool f16 = false) { return cin / chan_per_row(f16) * kPlaneRows; }
+constexpr int box_count(int cin, bool f16 = false) { return plane_rows(cin, f16) > 256 ? 2 : 1; }
+constexpr int box_rows(int cin, bool f16 = false) { return plane_rows(cin, f16) / box_count(cin, f16); }
+// Bit 1: swapped LBO/SBO in the descriptors. The standalone check probes the variants on the
+// device; 0 is the documented PTX layout (bit 0 had a meaning for register A fragments only).
+constexpr int kDefaultVariant = 0;
+
+// Weights re-laid out per (class, q, k-step) as the A operand's shared-memory image: 2 KB per
+// k-step, [kc 2][co/8][co%8][4 channels], TF32-rounded. A block copies its class's 128 KB once.
+__device__ float4 g_wsmem[4 * 2 * kMaxCin * 128];
+
+struct Geometry {
+  int N, Cin, D, H, W, Dout, Hout;
+  int pd, ph, pw;
+  int cntD0, cntD1, cntH0, cntH1;  // rows per parity of (od + pd), (oh + ph)
+  int od00, od01, oh00, oh01;      // first od (oh) of each parity
+  int b1, b2, b3, total;           // rows of class c are [b_c, b_{c+1}), class = pd_par*2 + ph_par
+  int units[4];                    // row pairs (od, od + 2) per class
+  int unit0[4];                    // index of class c's first unit among all units (statistics)
+  // Tensor-core kernel (plan_blocks): a block works on one group, 4 groups (one class each) with
+  // TF32 operands, 2 (one od parity, both oh parities) with FP16 ("merged").
+  int groups;
+  int gunits[4];                   // units per group
+  int block0[5];                   // blocks of group c are [block0[c], block0[c+1])
+};
+
+// The operand range that FP16 keeps as exact as TF32 (the same 10-bit mantissa): the F16 path
+// runs only when max|x| and max|w| both lie in [2^-8, 2^15]. Above, values would overflow
+// (65504); below 2^-14 they lose mantissa bits, which the 2^-8 floor keeps at least 64x smaller
+// than the rounding error of the largest values. Otherwise the TF32 path runs instead.
+constexpr float kF16RangeMin = 0x1p-8f, kF16RangeMax = 0x1p15f;
+// Which launches of a call run: the F16 kernel when the pre-pass found the operands in range,
+// the TF32 pre-pass and kernel when it did not. kAlways: no range test (forced operand format).
+enum RangeGate : int { kAlways = 0, kIfF16Range = 1, kIfNotF16Range = 2 };
+
+struct Params {
+  Geometry g;
+  const float* x;
+  unsigned* range;  // [max|x|, max|w|] as float bits (the first kRangeBytes of the workspace)
+  int range_gate;   // RangeGate of the launch
+  float* xt;  // re-laid-out input planes (workspace_bytes()), written by prepass_kernel
+  float2* stats;  // (mean, rstd) per row in unit order [unit][r][co], in the workspace after xt;
+                  // null when neither mean nor rstd is wanted (both null): no statistics stored
+  const float* bias;
+  const float* gamma;
+  const float* beta;
+  float* y;
+  float* mean;  // either may be null: that output is not written
+  float* rstd;
+  float eps, factor;
+  int variant;
+};
+
+__device__ __forceinline__ bool f16_range_ok(const unsigned* range) {
+  const float mx = __uint_as_float(range[0]), mw = __uint_as_float(range[1]);
+  return mx >= kF16RangeMin && mx <= kF16RangeMax && mw >= kF16RangeMin && mw <= kF16RangeMax;
+}
+// True when this launch has nothing to do (its gate is closed); uniform over the grid.
+__device__ __forceinline__ bool gate_closed(const Params& p) {
+  if (p.range_gate == kAlways) return false;
+  return f16_range_ok(p.range) != (p.range_gate == kIfF16Range);
+}
+// The maxima of non-negative a and b over a block of 256 threads, folded into dst[0] and dst[1]
+// by one atomicMax each (float bits order like the floats); every thread must call it.
+__device__ __forceinline__ void block_atomic_max2(unsigned* dst, float a, float b) {
+  __shared__ unsigned part[2][8];
+  const unsigned ma = __reduce_max_sync(0xffffffffu, __float_as_uint(a));
+  const unsigned mb = __reduce_max_sync(0xffffffffu, __float_as_uint(b));
+  if ((threadIdx.x & 31) == 0) {
+    part[0][threadIdx.x >> 5] = ma;
+    part[1][threadIdx.x >> 5] = mb;
+  }
+  __syncthreads();
+  if (threadIdx.x < 2) {
+    unsigned m = 0u;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) m = max(m, part[threadIdx.x][w]);
+    if (m != 0u) atomicMax(dst + threadIdx.x, m);
+  }
+}
+
+// One output row (n, od, oh) of parity class cls: the precise kernel's work item (one block per
+// row, in the order oh fastest, then od, n, class).
+struct Item {
+  int cls, n, od, oh;
+};
+
+__device__ __forceinline__ Item decode_item(const Geometry& g, int i) {
+  const int cls = (i >= g.b1) + (i >= g.b2) + (i >= g.b3);
+  const int begin = cls == 0 ? 0 : cls == 1 ? g.b1 : cls == 2 ? g.b2 : g.b3;
+  const int pdp = cls >> 1, php = cls & 1;
+  const int cd = pdp ? g.cntD1 : g.cntD0;
+  const int ch = php ? g.cntH1 : g.cntH0;
+  int j = i - begin;
+  const int ohi = j % ch;
+  j /= ch;
+  const int odi = j % cd;
+  Item it;
+  it.cls = cls;
+  it.n = j / cd;
+  it.od = (pdp ? g.od01 : g.od00) + 2 * odi;
+  it.oh = (php ? g.oh01 : g.oh00) + 2 * ohi;
+  return it;
+}
+
+// A unit of the tensor-core kernel: rows (n, od, oh) and (n, od + 2, oh), all 64 co and 64 ow. A
+// block takes a contiguous range of one group's units. Group = one class (pd_par, ph_par) with
+// TF32 operands (its weights fill 128 KB); with FP16 ("merged") one od parity with both oh
+// parities (two classes' weights, 2 x 64 KB), so that the units at oh and oh + 1, which read the
+// same two input rows, share their loads. Units of a group are ordered oh fastest (TF32: the
+// class's oh, step 2; merged: every oh), then od pairs (od advances by 4), then n.
+struct Unit {
+  int n, od, oh;
+};
+__host__ __device__ __forceinline__ int first_od(const Geometry& g, int pdp) { return pdp ? g.od01 : g.od00; }
+__host__ __device__ __forceinline__ int first_oh(const Geometry& g, int php) { return php ? g.oh01 : g.oh00; }
+template <bool kMerged>
+__host__ __device__ __forceinline__ int group_pdp(int grp) { return kMerged ? grp : grp >> 1; }
+template <bool kMerged>
+__host__ __device__ __forceinline__ int group_first_oh(const Geometry& g, int grp) {
+  return kMerged ? 0 : first_oh(g, grp & 1);
+}
+template <bool kMerged>
+__host__ __device__ __forceinline__ Unit decode_unit(const Geometry& g, int grp, int j) {
+  const int pdp = group_pdp<kMerged>(grp);
+  const int ch = kMerged ? g.Hout : ((grp & 1) ? g.cntH1 : g.cntH0);
+  const int cdp = ((pdp ? g.cntD1 : g.cntD0) + 1) >> 1;
+  Unit u;
+  u.oh = group_first_oh<kMerged>(g, grp) + (kMerged ? 1 : 2) * (j % ch);
+  j /= ch;
+  u.od = first_od(g, pdp) + 4 * (j % cdp);
+  u.n = j / cdp;
+  return u;
+}
+// The next unit; true when it continues the same (n, od) pair (the group's next oh).
+template <bool kMerged>
+__host__ __device__ __forceinline__ bool advance_unit(const Geometry& g, int grp, Unit& u) {
+  u.oh += kMerged ? 1 : 2;
+  if (u.oh < g.Hout) return true;
+  u.oh = group_first_oh<kMerged>(g, grp);
+  u.od += 4;
+  if (u.od < g.Dout) return false;
+  u.od = first_od(g, group_pdp<kMerged>(grp));
+  ++u.n;
+  return false;
+}
+// Block blk's group and its units [u0, u1) of that group (g after plan_blocks).
+struct BlockUnits {
+  int grp, u0, u1;
+};
+__host__ __device__ __forceinline__ BlockUnits block_units(const Geometry& g, int blk) {
+  BlockUnits b;
+  b.grp = 0;
+  while (b.grp + 1 < g.groups && blk >= g.block0[b.grp + 1]) ++b.grp;
+  const int nblk = g.block0[b.grp + 1] - g.block0[b.grp], lblk = blk - g.block0[b.grp];
+  b.u0 = (int)((int64_t)g.gunits[b.grp] * lblk / nblk);
+  b.u1 = (int)((int64_t)g.gunits[b.grp] * (lblk + 1) / nblk);
+  return b;
+}
+// Index of unit u in the unit-ordered statistics scratch: class-major, as the classes' units.
+__device__ __forceinline__ int64_t stats_unit(const Geometry& g, const Unit& u) {
+  const int pdp = (u.od + g.pd) & 1, php = (u.oh + g.ph) & 1, cls = pdp * 2 + php;
+  const int cdp = ((pdp ? g.cntD1 : g.cntD0) + 1) >> 1, ch = php ? g.cntH1 : g.cntH0;
+  const int odp = (u.od - first_od(g, pdp)) >> 2, ohi = (u.oh - first_oh(g, php)) >> 1;
+  return g.unit0[cls] + ((int64_t)u.n * cdp + odp) * ch + ohi;
+}
+// The input rows of a block's units, numbered P = 0, 1, ... in load order: a unit reads rows ih0
+// (tap b = 0) and ih0 - 1 (b = 1), ih0 = (oh + ph) / 2, numbered pb0 and pb0 - 1. The first unit
+// of an (n, od) pair loads both; a unit whose ih0 is one past the previous one's loads one; the
+// second unit of an ih0 (merged only) loads none. Returns the rows the unit loads.
+struct RowWalk {
+  int pb0 = -1, ih0 = 0;
+  __device__ __forceinline__ int step(bool cont, int ih) {
+    const int fresh = !cont ? 2 : ih != ih0 ? 1 : 0;
+    pb0 += fresh;
+    ih0 = ih;
+    return fresh;
+  }
+};
+
+// ---------------------------------------------------------------- small PTX wrappers
+using ptx::bulk_load;
+using ptx::mbar_arrive;
+using ptx::mbar_arrive_expect;
+using ptx::mbar_init;
+using ptx::mbar_init_fence;
+using ptx::mbar_wait;
+using ptx::smem_u32;
+// Arrives `count` times at once on the mbarrier at shared address `bar`.
+__device__ __forceinline__ void mbar_arrive_count(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads/writes across the wgmma fence/wait.
+__device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// TMA tensor load of the 5-D box at coordinates (c0..c4) into shared memory, completing its bytes
+// on the mbarrier `bar`; out-of-range elements are filled with zeros. `map` is the address of a
+// __grid_constant__ CUtensorMap kernel parameter.
+__device__ __forceinline__ void tma_load_5d(const void* map, uint32_t dst, uint32_t bar, int c0, int c1, int c2,
+                                            int c3, int c4) {
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6, "
+      "%7}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4)
+      : "memory");
+}
+
+__device__ __forceinline__ float tf32_round(float v) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+  return __uint_as_float(r);
+}
+
+// D[64 x 64] (+)= A[64 x 8] * B[8 x 64], TF32, both operands from shared memory (descriptors).
+template <int ScaleD>
+__device__ __forceinline__ void wgmma_m64n64k8_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "n"(ScaleD)
+      : "memory");
+}
+// D[64 x 64] (+)= A[64 x 16] * B[16 x 64], FP16 operands, FP32 accumulation, both K-major in
+// shared memory: the same 2 KB operand images as the TF32 step (8 halves per 16-byte row).
+template <int ScaleD>
+__device__ __forceinline__ void wgmma_m64n64k16_f16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "n"(ScaleD)
+      : "memory");
+}
+template <bool F16, int ScaleD>
+__device__ __forceinline__ void wgmma_step(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+  if constexpr (F16)
+    wgmma_m64n64k16_f16_ss<ScaleD>(d, desc_a, desc_b);
+  else
+    wgmma_m64n64k8_ss<ScaleD>(d, desc_a, desc_b);
+}
+// Shared-memory matrix descriptor, no swizzle: start address, LBO (next core matrix along K),
+// SBO (next 8 rows along M or N); variant bit 1 swaps the two (layout probe only).
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo, int variant) {
+  const uint32_t l = (variant & 2) ? sbo : lbo, s = (variant & 2) ? lbo : sbo;
+  return (uint64_t)((addr >> 4) & 0x3FFF) | ((uint64_t)(l >> 4) << 16) | ((uint64_t)(s >> 4) << 32);
+}
+
+template <bool TANH>
+__device__ __forceinline__ float gelu_f(float v) {
+  if (TANH) {
+    const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+    return 0.5f * v * (1.f + tanhf(u));
+  }
+  return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
+}
+
+// ---------------------------------------------------------------- weight re-layout
+// g_wsmem: per (class, q, k-step s) one 2 KB A operand of a wgmma step (K-major, no swizzle:
+// LBO 1024 = the next row of channels, SBO 128 = the next 8 co), [kc 2][co/8][co%8][c] with
+// c = chan_per_row channels per 16-byte row (TF32: 4 floats; F16: 8 halves), holding W of channel
+// ci = K s' + c kc + j (K = k_per_step, s' = s % (CIN/K)), output channel co, taps (kd, kh, kw) =
+// (pd_par + 2a, ph_par + 2b, ((q+pw)&1) + 2c) where s = ((a*2 + b)*2 + c)*(CIN/K) + s'. Rounded to
+// TF32 or converted to FP16 (round to nearest). One element per call, idx < kWeightElems.
+template <int CIN, bool F16>
+constexpr int kWeightElems = 4 * weight_bytes(CIN, F16) / (F16 ? 2 : 4);
+template <int CIN, bool F16>
+__device__ __forceinline__ float relayout_weight(const float* __restrict__ w, int pw, int idx) {
+  constexpr int C = chan_per_row(F16), K = k_per_step(F16), KS = ksteps(CIN, F16);
+  const int j = idx % C, r = (idx / C) % 8, mg = (idx / (8 * C)) % 8, kc = (idx / (64 * C)) % 2;
+  const int step = idx / (128 * C), s = step % KS, cq = step / KS;
+  const int q = cq & 1, cls = cq >> 1;
+  const int cis = s % (CIN / K), t3 = s / (CIN / K);
+  const int c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
+  const int co = 8 * mg + r, ci = K * cis + C * kc + j;
+  const int kd = (cls >> 1) + 2 * a, kh = (cls & 1) + 2 * b, kw = ((q + pw) & 1) + 2 * c;
+  const float v = w[(((ci * 64 + co) * 4 + kd) * 4 + kh) * 4 + kw];
+  if constexpr (F16)
+    reinterpret_cast<__half*>(g_wsmem)[idx] = __float2half_rn(v);
+  else
+    reinterpret_cast<float*>(g_wsmem)[idx] = tf32_round(v);
+  return v;
+}
+
+__device__ __forceinline__ float ex2_approx(float v) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(v));
+  return r;
+}
+
+// gelu(x), exact-erf GELU with one MUFU op: with a = min(|x|, 6), Q(a) = erfc(a/sqrt2)/2 = 2^-P(a)
+// and gelu(x) = max(x, 0) - a Q(a) for either sign. P is a degree-5 polynomial fitted (weighted
+// minimax, weight a Q(a) ln 2, i.e. the error it makes in gelu) to -log2 Q on [0, 6]: |gelu error|
+// <= 4.4e-7 there; beyond 6, a Q(a) < 6e-9 and the clamp keeps inf finite (gelu(+inf) = +inf).
+// 9 instructions (5 FFMA, MUFU.EX2, 2 FMNMX, 1 FFMA) against 14 with two MUFU ops for
+// Abramowitz & Stegun 7.1.26 (kernels_history/fused_conv_v7.cu). bench/NOTES.md has the fit.
+__device__ __forceinline__ float gelu_erf_fast(float x) {
+  const float a = fminf(fabsf(x), 6.0f);
+  float e = fmaf(a, -0.00047329801600426435f, 0.007084488403052092f);  // e = -P(a)
+  e = fmaf(a, e, -0.05182723328471184f);
+  e = fmaf(a, e, -0.45999258756637573f);
+  e = fmaf(a, e, -1.1507878303527832f);
+  e = fmaf(a, e, -1.000037670135498f);
+  return fmaf(-a, ex2_approx(e), fmaxf(x, 0.f));
+}
+template <bool TANH>
+__device__ __forceinline__ float gelu_unscaled(float u) {
+  return TANH ? gelu_f<true>(u) : gelu_erf_fast(u);
+}
+
+// ---------------------------------------------------------------- pre-pass
+// The input re-layout and the weight re-layout in one launch. xt plane (n, id, ih) at index
+// (n*D + id)*H + ih holds [ci/c][rho][ci%c] (c = chan_per_row) = x[n][ci][id][ih][iw] with
+// iw = iw_min + rho, zero outside [0, W), rounded to TF32 or converted to FP16. A work block takes
+// kRelayoutRows rows ih of one (n, id) (2048 at the flagship: 15 per SM, so the last wave is
+// short); consecutive threads take consecutive rho, so each read is a coalesced run of one
+// channel's row and each write a 16-byte store. The work blocks past `relayout_blocks` re-lay out
+// the weights (256 elements each). Blocks stride over the work blocks, so a launch whose gate is
+// closed can use a small grid.
+constexpr int kRelayoutRows = 8;
+inline int relayout_blocks(const Geometry& g) {
+  return g.N * g.D * ((g.H + kRelayoutRows - 1) / kRelayoutRows);
+}
+template <int CIN, bool F16>
+constexpr int kWeightBlocks = (kWeightElems<CIN, F16> + 255) / 256;
+// The F16 pre-pass also records max|x| and max|w| in p.range (zeroed before it) for the range
+// test; the TF32 pre-pass obeys p.range_gate.
+template <int CIN, bool F16>
+__global__ void __launch_bounds__(256) prepass_kernel(const Params p, const float* __restrict__ w,
+                                                      int relayout_blocks) {
+  if (!F16 && gate_closed(p)) return;
+  constexpr int C = chan_per_row(F16);
+  constexpr int kPlaneF4 = plane_rows(CIN, F16);  // 16-byte rows per plane
+  const Geometry& g = p.g;
+  const int hb = (g.H + kRelayoutRows - 1) / kRelayoutRows;
+  const int iw_min = (g.pw >> 1) - 1;
+  const int64_t chan = (int64_t)g.D * g.H * g.W;
+  float amax_x = 0.f, amax_w = 0.f;  // F16: max |value| this thread converted
+  for (int b = blockIdx.x; b < relayout_blocks + kWeightBlocks<CIN, F16>; b += gridDim.x) {
+    if (b >= relayout_blocks) {
+      const int idx = (b - relayout_blocks) * 256 + threadIdx.x;
+      if (idx < kWeightElems<CIN, F16>) amax_w = fmaxf(amax_w, fabsf(relayout_weight<CIN, F16>(w, g.pw, idx)));
+      continue;
+    }
+    const int64_t nd = b / hb;
+    const int ih0 = (b % hb) * kRelayoutRows, rows = min(kRelayoutRows, g.H - ih0);
+    const int n = (int)(nd / g.D), id = (int)(nd % g.D);
+    const float* xs = p.x + (((int64_t)n * CIN * g.D + id) * g.H + ih0) * g.W;
+    uint4* dst = reinterpret_cast<uint4*>(p.xt) + (nd * g.H + ih0) * kPlaneF4;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < rows * kPlaneF4; i += blockDim.x) {
+      const int ih = i / kPlaneF4, e = i - ih * kPlaneF4;
+      const int cig = e / kPlaneRows, iw = iw_min + (e - cig * kPlaneRows);
+      uint4 v = make_uint4(0u, 0u, 0u, 0u);
+      if (iw >= 0 && iw < g.W) {
+        const float* s = xs + C * cig * chan + ih * g.W + iw;
+        if constexpr (F16) {
+          uint32_t h[4];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const float v0 = __ldg(s + 2 * k * chan), v1 = __ldg(s + (2 * k + 1) * chan);
+            amax_x = fmaxf(amax_x, fmaxf(fabsf(v0), fabsf(v1)));
+            const __half2 p2 = __floats2half2_rn(v0, v1);
+            h[k] = *reinterpret_cast<const uint32_t*>(&p2);
+          }
+          v = make_uint4(h[0], h[1], h[2], h[3]);
+        } else {
+          v = make_uint4(__float_as_uint(tf32_round(__ldg(s))), __float_as_uint(tf32_round(__ldg(s + chan))),
+                         __float_as_uint(tf32_round(__ldg(s + 2 * chan))),
+                         __float_as_uint(tf32_round(__ldg(s + 3 * chan))));
+        }
+      }
+      dst[i] = v;
+    }
+  }
+  if (F16 && p.range) block_atomic_max2(p.range, amax_x, amax_w);
+}
+
+// The consumer's epilogue for one unit, from the accumulators (rows co0 = 16 w4 + g8 and co0 + 8,
+// columns n = 8j + 2t + r of both parities): LayerNorm statistics by quad shuffles, then per
+// output row group (8 co of one row) LN -> GELU -> scale into the warp's 2 KB scratch and back
+// out as float4 along ow, so that every 16-byte store instruction writes two whole rows (8-byte
+// stores straight from the fragment hit eight rows each, and took longer). The scratch's 8-byte
+// slots are XOR-swizzled by row: conflict-free both ways.
+template <bool TANH, bool kMath, bool kYStore>
+__device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc0)[32], const float (&acc1)[32],
+                                              const Unit& u, const float (&gam)[16], const float (&bet)[16],
+                                              const float (&bias_r)[2], float* scratch, int w4, int lane,
+                                              int64_t ustat) {
+  const Geometry& g = p.g;
+  const int g8 = lane >> 2, t = lane & 3;
+  // LayerNorm statistics of the thread's four rows e = (co half, r): 16 values each here, the
+  // other 48 in the three other lanes of the quad; two passes (mean, then squared deviations).
+  float mu[4], rs[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    float sm = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) sm += acc0[4 * j + e] + acc1[4 * j + e];
+    sm += __shfl_xor_sync(0xffffffffu, sm, 1);
+    sm += __shfl_xor_sync(0xffffffffu, sm, 2);
+    const float m = sm * (1.f / 64.f);
+    float d2 = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float d0 = acc0[4 * j + e] - m, d1 = acc1[4 * j + e] - m;
+      d2 = fmaf(d0, d0, fmaf(d1, d1, d2));
+    }
+    d2 += __shfl_xor_sync(0xffffffffu, d2, 1);
+    d2 += __shfl_xor_sync(0xffffffffu, d2, 2);
+    mu[e] = m;
+    rs[e] = rsqrtf(d2 * (1.f / 64.f) + p.eps);
+  }
+  const bool row_b = u.od + 2 < g.Dout;  // the last od pair of an odd count has one row
+  const bool scaled = p.factor != 1.f;   // one multiply per element saved for the default factor
+  const int64_t plane = (int64_t)g.Dout * g.Hout;
+  const int rr = lane >> 4, c4 = lane & 15;  // read-back: rows rr + 2i, 16 bytes at column 4 c4
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    if ((e & 1) && !row_b) continue;
+    const int co_base = 16 * w4 + 8 * (e >> 1);
+    const int64_t row0 = ((int64_t)(u.n * 64 + co_base) * g.Dout + u.od + 2 * (e & 1)) * g.Hout + u.oh;
+    // (mean, rstd) into the unit-ordered scratch: 8 lanes write 64 contiguous bytes. Stored
+    // straight into mean / rstd ([n][co][od][oh]) they were 4-byte writes to 8 rows each, and
+    // every 32-byte sector shared with the other oh parity's block: 0.19 ms of the kernel.
+    if (t == 0 && p.stats)
+      p.stats[ustat * 128 + (e & 1) * 64 + co_base + g8] =
+          make_float2(mu[e] + bias_r[e >> 1], rs[e]);  // the bias shifts z, so the mean, nothing else
+    const float nmrs = -mu[e] * rs[e];  // (v - mu) * rs as one FMA
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float o0 = acc0[4 * j + e], o1 = acc1[4 * j + e];
+      if (kMath) {
+        o0 = gelu_unscaled<TANH>(fmaf(fmaf(o0, rs[e], nmrs), gam[2 * j], bet[2 * j]));
+        o1 = gelu_unscaled<TANH>(fmaf(fmaf(o1, rs[e], nmrs), gam[2 * j + 1], bet[2 * j + 1]));
+        if (scaled) {
+          o0 *= p.factor;
+          o1 *= p.factor;
+        }
+      }
+      // ow = 8j + 2t (+1): 8-byte slot 4j + t of row g8, swizzled
+      const int slot = (4 * j + t) ^ (4 * (g8 & 3));
+      *reinterpret_cast<float2*>(scratch + g8 * 64 + 2 * slot) = make_float2(o0, o1);
+    }
+    __syncwarp();
+    float4 v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = rr + 2 * i;
+      const int slot = (2 * c4) ^ (4 * (r & 3));
+      v[i] = *reinterpret_cast<const float4*>(scratch + r * 64 + 2 * slot);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      if (kYStore) __stcs(reinterpret_cast<float4*>(p.y + (row0 + (rr + 2 * i) * plane) * 64 + 4 * c4), v[i]);
+  }
+}
+
+// ---------------------------------------------------------------- TF32 tensor-core kernel
+// Warpgroup 0, warp 0, lane 0: loads the class's weights once, then for every unit of the block
+// in order its new input rows (TMA, two boxes of interleaved plane pairs per row and kd tap).
+// Warpgroups 1-3: consumer c takes units k with k % 3 == c: waits for its two ring slots, issues
+// 64 wgmmas (32 k-steps per parity q into acc0 / acc1), waits for them, releases the slots, then
+// LayerNorm / GELU / scale / stores from the accumulators.
+// Ring slots: unit k has a pair counter P_k (P of its b = 0 row ih0; b = 1, ih0 - 1, is P_k - 1),
+// P advances by 1 when the unit continues the previous one (same n, od pair, oh + 2) and by 2
+// otherwise; every P is loaded once, into slot P % kSlots. A slot is used by two units (as b = 0,
+// then b = 1) or by one (then it arrives twice), so its empty barrier counts 4 warps x 2.
+// MODE (profiling only, bench/standalone): 0 = the kernel; 1 = no wgmma; 2 = no LayerNorm/GELU
+// math (accumulators stored as they are); 3 = no input loads; 4 = wgmma only (no epilogue);
+// 5 = epilogue only (no loads, no wgmma); 6 = input loads only; 9 = no y stores.
+template <int CIN, bool TANH, int MODE = 0, bool F16 = false>
+__global__ void __launch_bounds__(kThreads, 1)
+    fused_conv_tc_kernel(const Params p, const __grid_constant__ CUtensorMap xmap) {
+  constexpr bool kMma = MODE != 1 && MODE != 5 && MODE != 6;
+  constexpr bool kLoad = MODE != 3 && MODE != 4 && MODE != 5;
+  constexpr bool kEpi = MODE != 4 && MODE != 6;
+  constexpr bool kMath = MODE != 2;
+  constexpr bool kYStore = MODE != 9;
+  constexpr bool kMerged = F16;  // a group = both oh parities (two classes' weights fit)
+  constexpr int kMaxReaders = kMerged ? 4 : 2;  // units reading one input row (2 ih0 x parities)
+  constexpr uint32_t kWcls = weight_bytes(CIN, F16);  // weights of one class
+  constexpr uint32_t kPair = pair_bytes(CIN, F16), kSlot = slot_bytes(CIN, F16), kW = (kMerged ? 2 : 1) * kWcls;
+  constexpr uint32_t kBox = (uint32_t)box_rows(CIN, F16) * 32;  // one TMA box: rows x 2 planes x 16 bytes
+  constexpr int KS = ksteps(CIN, F16);                          // wgmma steps per parity (K = 8 Cin)
+  constexpr int KC = CIN / k_per_step(F16);                     // steps per tap (a, b, c)
+  constexpr uint32_t kLbo = kPlaneRows * 32;               // B: the next row of channels
+  // Shared memory: weights | input ring | store scratch (2 KB per consumer warp) | mbarriers
+  // (full[kSlots], empty[kSlots], weights) | issued counter.
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t w_s = smem_u32(smem_raw);
+  const uint32_t ring_s = w_s + kW;
+  const uint32_t full_bar = ring_s + kSlots * kSlot + kConsumers * 4 * 2048;
+  const uint32_t empty_bar = full_bar + 8 * kSlots;
+  const uint32_t w_bar = empty_bar + 8 * kSlots;
+  // The last pair counter P whose load the producer has issued. A consumer skips the units of
+  // the others, so it could reach the full barrier of slot P % kSlots while the slot's previous
+  // load (P - kSlots) is still under way; a parity wait would then pass on that earlier phase. It
+  // waits for this counter first: once P is issued, phase P / kSlots is the slot's current one.
+  // Shared-memory atomics on both sides (a plain flag would be a data race, and racecheck says so).
+  int* const issued = reinterpret_cast<int*>(smem_raw + (w_bar + 8 - w_s));
+  const Geometry& g = p.g;
+  if (gate_closed(p)) return;
+
+  // The block's group and its contiguous range of that group's units.
+  const BlockUnits bu = block_units(g, blockIdx.x);
+  const int grp = bu.grp, u0 = bu.u0;
+  if (u0 >= bu.u1) return;
+  const int n_units = bu.u1 - u0;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
+  if (tid < kSlots) {
+    mbar_init(full_bar + 8 * tid, 1);
+    mbar_init(empty_bar + 8 * tid, 4 * kMaxReaders);  // 4 warps per reading unit
+  }
+  if (tid == kSlots) {
+    mbar_init(w_bar, 1);
+    atomicExch(issued, -1);
+  }
+  mbar_init_fence();
+  __syncthreads();
+
+  if (wg == 0) {
+    // ======================================================== producer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    if (warp != 0 || lane != 0) return;
+    if (kMma) {
+      mbar_arrive_expect(w_bar, kW);  // the group's classes are adjacent in g_wsmem
+      const char* src = reinterpret_cast<const char*>(g_wsmem) + (size_t)grp * kW;
+      for (int i = 0; i < 4; ++i) bulk_load(w_s + i * (kW / 4), src + i * (kW / 4), kW / 4, w_bar);
+    } else {
+      mbar_arrive(w_bar);
+    }
+    // Readers (units) of the row in each slot, 8 bits per slot, counted as the units are walked.
+    // A slot's empty barrier expects kMaxReaders units; before the slot takes its next row, all
+    // readers of the current one are known, and the producer arrives for the missing ones.
+    uint32_t readers = 0;
+    // Input row ih of unit u (taps a = 0, 1: planes (id0 - a, id0 - a + 1)) into slot P % kSlots.
+    auto load_row = [&](const Unit& u, int ih, int P) {
+      const int s = P % kSlots;
+      if (P >= kSlots) {
+        const uint32_t missing = kMaxReaders - ((readers >> (8 * s)) & 0xffu);
+        if (missing) mbar_arrive_count(empty_bar + 8 * s, 4 * missing);
+        mbar_wait(empty_bar + 8 * s, (uint32_t)((P / kSlots - 1) & 1));
+      }
+      readers &= ~(0xffu << (8 * s));
+      const uint32_t bar = full_bar + 8 * s;
+      if (!kLoad) {
+        mbar_arrive(bar);
+        atomicExch(issued, P);
+        return;
+      }
+      mbar_arrive_expect(bar, kSlot);
+      const int id0 = (u.od + g.pd) >> 1;
+#pragma unroll
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int h = 0; h < box_count(CIN, F16); ++h)
+          tma_load_5d(&xmap, ring_s + s * kSlot + a * kPair + h * kBox, bar, 0, id0 - a, h * box_rows(CIN, F16),
+                      ih, u.n);
+      atomicExch(issued, P);
+    };
+    Unit u = decode_unit<kMerged>(g, grp, u0);
+    RowWalk rows;
+    for (int k = 0; k < n_units; ++k) {
+      const bool cont = k > 0 && advance_unit<kMerged>(g, grp, u);
+      const int ih0 = (u.oh + g.ph) >> 1;
+      const int fresh = rows.step(cont, ih0);
+      if (fresh == 2) load_row(u, ih0 - 1, rows.pb0 - 1);
+      if (fresh >= 1) load_row(u, ih0, rows.pb0);
+      readers += (1u << (8 * (rows.pb0 % kSlots))) + (1u << (8 * ((rows.pb0 - 1) % kSlots)));
+    }
+    return;
+  }
+
+  // ======================================================== consumers
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
+  // The consumer index through a shuffle from lane 0: the compiler then knows it is warp-uniform
+  // and keeps the descriptor arithmetic in uniform registers.
+  const int cons = __shfl_sync(0xffffffffu, wg, 0) - 1;
+  const int g8 = lane >> 2, t = lane & 3;
+  const int co0 = 16 * (warp & 3) + g8;  // accumulator rows co0 and co0 + 8
+  // Columns of this thread: n = 8j + 2t + r, i.e. u = 4j + t of rows A (r = 0) and B (r = 1);
+  // with both parities, ow = 8j + 2t + q.
+  float gam[16], bet[16];
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int ow = 8 * j + 2 * t + q;
+      gam[2 * j + q] = p.gamma ? p.gamma[ow] : 1.f;
+      bet[2 * j + q] = p.beta ? p.beta[ow] : 0.f;
+    }
+  const float bias_r[2] = {p.bias ? p.bias[co0] : 0.f, p.bias ? p.bias[co0 + 8] : 0.f};
+  float* const scratch = reinterpret_cast<float*>(smem_raw + kW + kSlots * kSlot) + (warp - 4) * 512;
+  // Descriptors: A = weights (LBO 1024: the next 4 channels; SBO 128: the next 8 co), B = ring
+  // (LBO: the next 4 channels; SBO 128: the next 8 interleaved rows). Start addresses in 16 bytes.
+  const uint32_t a_w0 = (uint32_t)smem_desc(w_s, 1024, 128, p.variant);
+  const uint32_t a_w1 = (uint32_t)(smem_desc(w_s, 1024, 128, p.variant) >> 32);
+  const uint32_t b_w0 = (uint32_t)smem_desc(ring_s, kLbo, 128, p.variant);
+  const uint32_t b_w1 = (uint32_t)(smem_desc(ring_s, kLbo, 128, p.variant) >> 32);
+  // Plane row of u = 0 for tap c = 0, per parity; in the interleaved slot a row pair is 32 bytes.
+  const int rho0 = ((0 + g.pw) >> 1) - (g.pw >> 1) + 1, rho1 = ((1 + g.pw) >> 1) - (g.pw >> 1) + 1;
+
+  mbar_wait(w_bar, 0);
+  Unit u = decode_unit<kMerged>(g, grp, u0);
+  RowWalk rows;
+  for (int k = 0; k < n_units; ++k) {
+    const bool cont = k > 0 && advance_unit<kMerged>(g, grp, u);
+    rows.step(cont, (u.oh + g.ph) >> 1);
+    if (k % kConsumers != cons) continue;
+    const int P = rows.pb0;
+    const int s0 = P % kSlots, s1 = (P - 1) % kSlots;  // rows ih0 (b = 0) and ih0 - 1 (b = 1)
+    // The unit's class weights: merged, the oh parity's half of the block's weights.
+    const uint32_t a_cls = kMerged ? (uint32_t)((u.oh + g.ph) & 1) * (kWcls >> 4) : 0u;
+    while (atomicAdd(issued, 0) < P) {
+    }
+    mbar_wait(full_bar + 8 * s0, (uint32_t)((P / kSlots) & 1));
+    mbar_wait(full_bar + 8 * s1, (uint32_t)(((P - 1) / kSlots) & 1));
+    float acc0[32], acc1[32];
+    if (kMma) {
+      const uint32_t lo_b0 = b_w0 + (uint32_t)(s0 * (kSlot >> 4)), lo_b1 = b_w0 + (uint32_t)(s1 * (kSlot >> 4));
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        reg_fence(acc0[i]);
+        reg_fence(acc1[i]);
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int rho = q ? rho1 : rho0;
+#pragma unroll
+        for (int s = 0; s < KS; ++s) {
+          // step s = ((a*2 + b)*2 + c)*KC + cis: channels K cis .. K cis + K - 1 of tap (a, b, c),
+          // two 16-byte rows of channels (LBO apart) per step.
+          const int cis = s % KC, t3 = s / KC, c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
+          const uint32_t off = (a * kPair + cis * 2 * kLbo) / 16;
+          const uint32_t lo_b = (b ? lo_b1 : lo_b0) + off + 2 * (rho - c);
+          const uint64_t db = ((uint64_t)b_w1 << 32) | lo_b;
+          const uint64_t da = ((uint64_t)a_w1 << 32) | (a_w0 + a_cls + (uint32_t)((q * KS + s) * 128));
+          if (q == 0) {
+            if (s == 0)
+              wgmma_step<F16, 0>(acc0, da, db);
+            else
+              wgmma_step<F16, 1>(acc0, da, db);
+          } else {
+            if (s == 0)
+              wgmma_step<F16, 0>(acc1, da, db);
+            else
+              wgmma_step<F16, 1>(acc1, da, db);
+          }
+        }
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        reg_fence(acc0[i]);
+        reg_fence(acc1[i]);
+      }
+    } else {  // profiling: stand-in values that the compiler cannot fold
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        acc0[i] = (float)(lane + i) * 0.01f + (float)k;
+        acc1[i] = (float)(lane - i) * 0.01f + (float)k;
+      }
+    }
+    // The wgmmas are complete: hand the two ring slots back (the producer arrives for the
+    // readers a row does not have).
+    __syncwarp();
+    if (lane == 0) {
+      mbar_arrive(empty_bar + 8 * s0);
+      mbar_arrive(empty_bar + 8 * s1);
+    }
+    if (kEpi) {
+      unit_epilogue<TANH, kMath, kYStore>(p, acc0, acc1, u, gam, bet, bias_r, scratch, warp & 3, lane,
+                                          p.stats ? stats_unit(g, u) : 0);
+    } else {  // profiling (wgmma only): keep the accumulators alive, or ptxas drops the wgmmas
+      float sm = 0.f;
+#pragma unroll
+      for (int i = 0; i < 32; ++i) sm += acc0[i] + acc1[i];
+      if (sm == 1234.5f) p.y[0] = sm;
+    }
+  }
+}
+
+// (mean, rstd) from the unit-ordered scratch into mean / rstd [n][co][od][oh]: for one (n, od)
+// the scratch holds [oh][co] (a unit per oh, the two oh parities in different classes) and the
+// outputs want [co][oh], so each 32 x 8 block transposes a 32 oh x 32 co tile through shared
+// memory: 256-byte reads and 128-byte writes. Blocks: (n, od, 32-oh tile, co half).
+__global__ void __launch_bounds__(256) scatter_row_stats_kernel(const Params p) {
+  __shared__ float2 tile[32][33];
+  const Geometry& g = p.g;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  int64_t b = blockIdx.x;
+  const int co0 = 32 * (int)(b & 1);
+  b >>= 1;
+  const int oh_tiles = (g.Hout + 31) / 32;
+  const int oh0 = 32 * (int)(b % oh_tiles);
+  b /= oh_tiles;
+  const int od = (int)(b % g.Dout), n = (int)(b / g.Dout);
+  const int pdp = (od + g.pd) & 1;
+  const int odi = (od - (pdp ? g.od01 : g.od00)) >> 1;
+  const int cdp = ((pdp ? g.cntD1 : g.cntD0) + 1) >> 1;
+  for (int y = ty; y < 32; y += 8) {
+    const int oh = oh0 + y;
+    if (oh >= g.Hout) break;
+    const int php = (oh + g.ph) & 1, cls = pdp * 2 + php;
+    const int ohi = (oh - (php ? g.oh01 : g.oh00)) >> 1, ch = php ? g.cntH1 : g.cntH0;
+    const int64_t unit = g.unit0[cls] + ((int64_t)n * cdp + (odi >> 1)) * ch + ohi;
+    tile[y][tx] = p.stats[unit * 128 + (odi & 1) * 64 + co0 + tx];
+  }
+  __syncthreads();
+  const int oh = oh0 + tx;
+  if (oh >= g.Hout) return;
+  for (int y = ty; y < 32; y += 8) {
+    const int64_t row = (((int64_t)n * 64 + co0 + y) * g.Dout + od) * g.Hout + oh;
+    const float2 v = tile[tx][y];
+    if (p.mean) p.mean[row] = v.x;
+    if (p.rstd) p.rstd[row] = v.y;
+  }
+}
+
+// ---------------------------------------------------------------- FP32 kernel (precise mode)
+// One block of 64 threads per output row; thread (cg, og) computes co = 4cg..4cg+3 for
+// ow = 16og..16og+15 by FP32 FMA from a shared slab S[ci][ab][34 rows].
+template <bool TANH>
+__global__ void __launch_bounds__(64) fused_conv_fp32_kernel(const Params p, const float* __restrict__ w) {
+  extern __shared__ float S[];
+  const Geometry& g = p.g;
+  const Item it = decode_item(g, blockIdx.x);
+  const int tid = threadIdx.x;
+  const int iw_min = (g.pw >> 1) - 1;
+  const int td = it.od + g.pd, th = it.oh + g.ph;
+  const int64_t chan = (int64_t)g.D * g.H * g.W;
+  for (int i = tid; i < g.Cin * 4 * 34; i += 64) {
+    const int ci = i / 136, rem = i % 136, ab = rem / 34, row = rem % 34;
+    const int id = (td >> 1) - (ab >> 1), ih = (th >> 1) - (ab & 1), iw = iw_min + row;
+    const bool ok = id >= 0 && id < g.D && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+    S[i] = ok ? p.x[((int64_t)it.n * g.Cin + ci) * chan + ((int64_t)id * g.H + ih) * g.W + iw] : 0.f;
+  }
+  __syncthreads();
+
+  const int cg = tid >> 2, og = tid & 3;
+  const int pdp = td & 1, php = th & 1;
+  float acc[4][16];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int i = 0; i < 16; ++i) acc[j][i] = 0.f;
+  for (int ci = 0; ci < g.Cin; ++ci) {
+#pragma unroll
+    for (int ab = 0; ab < 4; ++ab) {
+      const int kd = pdp + 2 * (ab >> 1), kh = php + 2 * (ab & 1);
+      const float* srow = S + (ci * 4 + ab) * 34 + 8 * og;
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int kw = ((q + g.pw) & 1) + 2 * c;
+          const int off = ((q + g.pw) >> 1) - (g.pw >> 1) + 1 - c;
+          float xv[8];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) xv[i] = srow[i + off];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const float wv = __ldg(w + (((ci * 64 + 4 * cg + j) * 4 + kd) * 4 + kh) * 4 + kw);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[j][2 * i + q] = fmaf(wv, xv[i], acc[j][2 * i + q]);
+          }
+        }
+      }
+    }
+  }
+
+  const int64_t plane = (int64_t)g.Dout * g.Hout;
+  const int64_t row0 = ((int64_t)it.n * 64 * g.Dout + it.od) * g.Hout + it.oh;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int co = 4 * cg + j;
+    const float b = p.bias ? p.bias[co] : 0.f;
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      acc[j][i] += b;
+      s += acc[j][i];
+    }
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    const float mu = s * (1.f / 64.f);
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      acc[j][i] -= mu;
+      ss = fmaf(acc[j][i], acc[j][i], ss);
+    }
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+    const float rs = rsqrtf(ss * (1.f / 64.f) + p.eps);
+    const int64_t row = row0 + co * plane;
+    float* yrow = p.y + row * 64 + 16 * og;
+#pragma unroll
+    for (int i4 = 0; i4 < 4; ++i4) {
+      float o[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = 4 * i4 + e, ow = 16 * og + i;
+        const float gm = p.gamma ? p.gamma[ow] : 1.f, bt = p.beta ? p.beta[ow] : 0.f;
+        o[e] = gelu_f<TANH>(fmaf(acc[j][i] * rs, gm, bt)) * p.factor;
+      }
+      __stcs(reinterpret_cast<float4*>(yrow + 4 * i4), make_float4(o[0], o[1], o[2], o[3]));
+    }
+    if (og == 0 && p.mean) p.mean[row] = mu;
+    if (og == 0 && p.rstd) p.rstd[row] = rs;
+  }
+}
+
+// ---------------------------------------------------------------- host side
+inline int device_sm_count() {
+  int dev = 0, n = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+  return n > 0 ? n : 1;
+}
+
+// Scratch bytes the tensor-core path needs: kRangeBytes for the operand range words, the
+// re-laid-out input (N*D*H planes, sized for TF32; F16 uses half), then, when mean or rstd is
+// wanted (`stats`), the row statistics in unit order, 1 KB per unit. Units: N x (od pairs of both
+// d classes, at most D + 3 in all, since D_out <= 2D + 3) x H_out (<= 2H + 3).
+constexpr size_t kRangeBytes = 256;
+inline size_t stats_offset(int64_t N, int64_t Cin, int64_t D, int64_t H) {
+  return ((size_t)(N * D * H) * plane_bytes((int)Cin) + 255) / 256 * 256;
+}
+inline size_t workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H, bool stats = true) {
+  return kRangeBytes + stats_offset(N, Cin, D, H) +
+         (stats ? (size_t)N * (D + 3) * (2 * H + 3) * 128 * sizeof(float2) : 0);
+}
+// Points p's range words and re-laid-out input into `workspace` (workspace_bytes(), 256-aligned).
+inline void attach_workspace(Params& p, void* workspace) {
+  p.range = static_cast<unsigned*>(workspace);
+  p.xt = reinterpret_cast<float*>(static_cast<char*>(workspace) + kRangeBytes);
+}
+
+// The driver's tensor-map encoder, reached through the runtime (no link against libcuda).
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (!encode)
+    throw std::runtime_error(
+        "fused_conv_transpose3d_ln_gelu_scale: the CUDA driver has no cuTensorMapEncodeTiled (needs CUDA 12+)");
+  return encode;
+}
+
+// The TMA descriptor of the re-laid-out input: p.xt as the 5-D tensor (ci%4, id, row, ih, n) with
+// row = (ci/4)*34 + rho, and a box of (4, 2, box_rows, 1, 1). The box lands in shared memory as
+// [row][id, id + 1][ci%4]: the two planes interleaved row by row. Out-of-range id / ih read zeros.
+template <int CIN, bool F16>
+CUtensorMap make_x_tensor_map(const Params& p) {
+  const Geometry& g = p.g;
+  constexpr cuuint32_t C = chan_per_row(F16);
+  const cuuint64_t pb = plane_bytes(CIN, F16);
+  const cuuint64_t dims[5] = {C, (cuuint64_t)g.D, (cuuint64_t)plane_rows(CIN, F16), (cuuint64_t)g.H,
+                              (cuuint64_t)g.N};
+  const cuuint64_t strides[4] = {pb * g.H, 16, pb, pb * g.H * g.D};
+  const cuuint32_t box[5] = {C, 2, (cuuint32_t)box_rows(CIN, F16), 1, 1};
+  const cuuint32_t estrides[5] = {1, 1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = tensor_map_encoder()(&map, F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+                                          5, p.xt, dims, strides, box,
+                                          estrides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error(
+        "fused_conv_transpose3d_ln_gelu_scale: cuTensorMapEncodeTiled failed for the re-laid-out input (error " +
+        std::to_string((int)r) + ")");
+  return map;
+}
+
+// Units per class (the statistics scratch's order), units per group (merged: the FP16 kernel's
+// groups of both oh parities) and the blocks given to each group (at most `sms` in all, so that
+// every block is resident at once): proportional to the group's units, at least one for a
+// non-empty group.
+inline void plan_blocks(Geometry& g, int sms, bool merged = false) {
+  for (int c = 0; c < 4; ++c) {
+    const int cd = (c >> 1) ? g.cntD1 : g.cntD0, ch = (c & 1) ? g.cntH1 : g.cntH0;
+    g.units[c] = g.N * ((cd + 1) / 2) * ch;
+  }
+  g.unit0[0] = 0;
+  for (int c = 1; c < 4; ++c) g.unit0[c] = g.unit0[c - 1] + g.units[c - 1];
+  g.groups = merged ? 2 : 4;
+  for (int c = 0; c < 4; ++c)
+    g.gunits[c] = !merged ? g.units[c] : c < 2 ? g.N * (((c ? g.cntD1 : g.cntD0) + 1) / 2) * g.Hout : 0;
+  const int G = g.groups;
+  int64_t total = 0;
+  for (int c = 0; c < G; ++c) total += g.gunits[c];
+  int nb[4] = {0, 0, 0, 0}, sum = 0;
+  for (int c = 0; c < G; ++c) {
+    if (g.gunits[c] == 0) continue;
+    nb[c] = (int)std::max<int64_t>(1, (int64_t)sms * g.gunits[c] / std::max<int64_t>(total, 1));
+    nb[c] = std::min(nb[c], g.gunits[c]);
+    sum += nb[c];
+  }
+  while (sum > sms) {  // only when sms < the non-empty groups' minimum; take from the largest
+    int c = 0;
+    for (int i = 1; i < G; ++i)
+      if (nb[i] > nb[c]) c = i;
+    if (nb[c] <= 1) break;
+    --nb[c];
+    --sum;
+  }
+  while (sum < sms) {  // the spare blocks to the groups with the most units per block
+    int best = -1;
+    for (int c = 0; c < G; ++c)
+      if (nb[c] > 0 && nb[c] < g.gunits[c] &&
+          (best < 0 || (int64_t)g.gunits[c] * nb[best] > (int64_t)g.gunits[best] * nb[c]))
+        best = c;
+    if (best < 0) break;
+    ++nb[best];
+    ++sum;
+  }
+  g.block0[0] = 0;
+  for (int c = 0; c < 4; ++c) g.block0[c + 1] = g.block0[c] + (c < G ? nb[c] : 0);
+}
+
+template <int CIN, bool F16>
+constexpr size_t tc_smem_bytes() {
+  return (size_t)(F16 ? 2 : 1) * weight_bytes(CIN, F16) + (size_t)kSlots * slot_bytes(CIN, F16) +
+         kConsumers * 4 * 2048 + 8 * (2 * kSlots + 2);
+}
+
+// The pre-pass (input and weight re-layout) and the main kernel of one operand format.
+// The carveout is pinned at the maximum shared memory for every kernel of the path (the main
+// kernel needs it), so the SMs are not reconfigured between launches.
+template <class Kernel>
+void pin_max_smem_carveout(Kernel k) {
+  cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared);
+}
+// `gated`: the launch may find its gate closed (the TF32 fallback); a small grid then costs less.
+template <int CIN, bool F16>
+void launch_prepass(const Params& p, const float* w, cudaStream_t stream, bool gated = false) {
+  static const bool configured = (pin_max_smem_carveout(prepass_kernel<CIN, F16>), true);
+  (void)configured;
+  const int rb = relayout_blocks(p.g), total = rb + kWeightBlocks<CIN, F16>;
+  const int grid = gated ? std::min(total, 4 * device_sm_count()) : total;
+  prepass_kernel<CIN, F16><<<(unsigned)grid, 256, 0, stream>>>(p, w, rb);
+}
+template <int CIN, bool TANH, int MODE, bool F16>
+void launch_main(const Params& p, cudaStream_t stream) {
+  constexpr size_t smem = tc_smem_bytes<CIN, F16>();
+  static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
+  static const bool configured = [] {
+    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, F16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         (int)smem);
+    pin_max_smem_carveout(fused_conv_tc_kernel<CIN, TANH, MODE, F16>);
+    return true;
+  }();
+  (void)configured;
+  const CUtensorMap xmap = make_x_tensor_map<CIN, F16>(p);
+  fused_conv_tc_kernel<CIN, TANH, MODE, F16><<<p.g.block0[4], kThreads, smem, stream>>>(p, xmap);
+}
+
+// The tensor-core path: pre-pass, main kernel and, when mean or rstd is wanted, the statistics
+// kernel. p.range and p.xt must point into a workspace of workspace_bytes() (attach_workspace).
+// F16 with `guarded`: the F16 pre-pass records the operands' range, the F16 kernel runs if it is
+// within [kF16RangeMin, kF16RangeMax], and a TF32 pre-pass and kernel run instead otherwise (the
+// two launches whose gate is closed return at once). F16 unguarded: F16 regardless (tests).
+template <int CIN, bool TANH, int MODE = 0, bool F16 = false>
+void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool guarded = true) {
+  static_assert(!F16 || CIN % 16 == 0, "FP16 operands need Cin a multiple of 16");
+  Params p = p_in;
+  Geometry& g = p.g;
+  plan_blocks(g, device_sm_count(), /*merged=*/F16);
+  const bool stats = p.mean || p.rstd;
+  p.stats = stats ? reinterpret_cast<float2*>(reinterpret_cast<char*>(p.xt) + stats_offset(g.N, CIN, g.D, g.H))
+                  : nullptr;
+  const bool gate = F16 && guarded;
+  p.range_gate = gate ? kIfF16Range : kAlways;
+  if (F16) {
+    const cudaError_t e = cudaMemsetAsync(p.range, 0, 2 * sizeof(unsigned), stream);
+    if (e != cudaSuccess)
+      throw std::runtime_error(std::string("fused_conv_transpose3d_ln_gelu_scale: clearing the range words: ") +
+                               cudaGetErrorString(e));
+  }
+  launch_prepass<CIN, F16>(p, w, stream);
+  launch_main<CIN, TANH, MODE, F16>(p, stream);
+  if (gate) {  // the TF32 fallback, run only when the operands are outside the F16 range
+    p.range_gate = kIfNotF16Range;
+    launch_prepass<CIN, false>(p, w, stream, /*gated=*/true);
+    launch_main<CIN, TANH, MODE, false>(p, stream);
+  }
+  if (!stats) return;
+  const int64_t scatter_blocks = (int64_t)g.N * g.Dout * ((g.Hout + 31) / 32) * 2;
+  scatter_row_stats_kernel<<<(unsigned)scatter_blocks, dim3(32, 8), 0, stream>>>(p);
+}
+
+// Operand format (FusedConvOperands, ops/fused_conv_support.h): kAuto takes FP16 where Cin
+// allows it (a multiple of 16) and the operands' range does (TF32 otherwise, decided on the
+// device); the others force one, with no range test.
+using TcOperands = FusedConvOperands;
+inline bool use_f16(int cin, TcOperands ops) { return cin % 16 == 0 && ops != TcOperands::kTf32; }
+
+template <bool TANH>
+void launch_tc_cin(const Params& p, const float* w, cudaStream_t stream, TcOperands ops) {
+  const bool f16 = use_f16(p.g.Cin, ops), guarded = ops == TcOperands::kAuto;
+  switch (p.g.Cin) {
+    case 8: launch_tc<8, TANH>(p, w, stream); break;
+    case 16:
+      if (f16)
+        launch_tc<16, TANH, 0, true>(p, w, stream, guarded);
+      else
+        launch_tc<16, TANH>(p, w, stream);
+      break;
+    case 24: launch_tc<24, TANH>(p, w, stream); break;
+    default:
+      if (f16)
+        launch_tc<32, TANH, 0, true>(p, w, stream, guarded);
+      else
+        launch_tc<32, TANH>(p, w, stream);
+      break;
+  }
+}
+
+// Geometry and pointers for one call; throws std::invalid_argument for an unsupported shape.
+inline Params make_params(const float* x, const float* conv_bias, const float* gamma, const float* beta, float* y,
+                          float* mean, float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W,
+                          int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
+                          float eps, float factor, int variant) {
+  const std::string why = fused_conv_unsupported_reason(
+      {N, Cin, D, H, W}, {Cin, Cout, 4, 4, 4}, {2, 2, 2}, {pad_d, pad_h, pad_w}, {out_pad_d, out_pad_h, out_pad_w},
+      fused_conv_limits::kWout);
+  if (!why.empty()) throw std::invalid_argument("fused_conv_transpose3d_ln_gelu_scale: " + why);
+  Params p{};
+  Geometry& g = p.g;
+  g.N = (int)N;
+  g.Cin = (int)Cin;
+  g.D = (int)D;
+  g.H = (int)H;
+  g.W = (int)W;
+  g.Dout = (int)((D - 1) * 2 - 2 * pad_d + 4 + out_pad_d);
+  g.Hout = (int)((H - 1) * 2 - 2 * pad_h + 4 + out_pad_h);
+  g.pd = pad_d;
+  g.ph = pad_h;
+  g.pw = pad_w;
+  // od with (od + pd) & 1 == par: od = od0 + 2i, od0 = (par + pd) & 1.
+  g.od00 = pad_d & 1;
+  g.od01 = (1 + pad_d) & 1;
+  g.oh00 = pad_h & 1;
+  g.oh01 = (1 + pad_h) & 1;
+  g.cntD0 = (g.Dout - g.od00 + 1) / 2;
+  g.cntD1 = (g.Dout - g.od01 + 1) / 2;
+  g.cntH0 = (g.Hout - g.oh00 + 1) / 2;
+  g.cntH1 = (g.Hout - g.oh01 + 1) / 2;
+  g.b1 = g.N * g.cntD0 * g.cntH0;
+  g.b2 = g.b1 + g.N * g.cntD0 * g.cntH1;
+  g.b3 = g.b2 + g.N * g.cntD1 * g.cntH0;
+  g.total = g.b3 + g.N * g.cntD1 * g.cntH1;
+  p.x = x;
+  p.bias = conv_bias;
+  p.gamma = gamma;
+  p.beta = beta;
+  p.y = y;
+  p.mean = mean;
+  p.rstd = rstd;
+  p.eps = eps;
+  p.factor = factor;
+  p.variant = variant;
+  return p;
+}
+
+// The launcher behind launch_fused_conv_transpose3d_ln_gelu_scale; `variant` exists for the
+// standalone check's layout probe only. `workspace` (workspace_bytes(..., mean || rstd), 16-byte
+// aligned) is used by the TF32 kernel only; the precise kernel ignores it. mean and rstd may be
+// null: that output is then not computed.
+inline void launch(const float* x, const float* w, const float* conv_bias, const float* gamma, const float* beta,
+                   float* y, float* mean, float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W,
+                   int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
+                   float eps, bool tanh_gelu, float factor, bool precise, void* workspace,
+                   cudaStream_t stream, int variant = kDefaultVariant, TcOperands ops = TcOperands::kAuto) {
+  Params p = make_params(x, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
+                               out_pad_d, out_pad_h, out_pad_w, eps, factor, variant);
+  const Geometry& g = p.g;
+  if (g.total == 0) return;
+  if (precise) {
+    const size_t smem = (size_t)Cin * 4 * 34 * sizeof(float);
+    if (tanh_gelu)
+      fused_conv_fp32_kernel<true><<<g.total, 64, smem, stream>>>(p, w);
+    else
+      fused_conv_fp32_kernel<false><<<g.total, 64, smem, stream>>>(p, w);
+    return;
+  }
+  if (workspace == nullptr)
+    throw std::invalid_argument("fused_conv_transpose3d_ln_gelu_scale: the TF32 kernel needs a workspace of " +
+                                std::to_string(workspace_bytes(N, Cin, D, H, mean || rstd)) + " bytes");
+  attach_workspace(p, workspace);
+  if (tanh_gelu)
+    launch_tc_cin<true>(p, w, stream, ops);
+  else
+    launch_tc_cin<false>(p, w, stream, ops);
+}
+
+}  // namespace fused_conv_detail
+}  // namespace minidl
