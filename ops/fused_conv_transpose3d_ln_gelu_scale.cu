@@ -1,9 +1,9 @@
 // CUDA kernel of fused_conv_transpose3d_ln_gelu_scale: conv_transpose3d (stride 2, kernel 4)
 // -> + conv bias -> LayerNorm(last dim, 64) -> GELU -> * factor in one kernel on tensor cores,
-// FP16 or TF32 operands with FP32 accumulation (attribute `operands`; precise=true: FP32 FMA). The kernels live in
-// ops/fused_conv_transpose3d_ln_gelu_scale_kernel.cuh; this file holds the launcher and the
-// registry hook. Building with -DFUSED_CONV_STANDALONE leaves the registry part out, so the
-// standalone check (bench/standalone/fused_conv_check.cu) can include this file alone.
+// FP16 or TF32 operands with FP32 accumulation (attribute `operands`; precise=true: FP32 FMA).
+// The kernels live in ops/fused_conv_transpose3d_ln_gelu_scale_kernel.cuh; this file holds the
+// launcher and the registry hook. Building with -DFUSED_CONV_STANDALONE leaves the registry part
+// out, so the standalone check (bench/standalone/fused_conv_check.cu) can include this file alone.
 #include "ops/fused_conv_transpose3d_ln_gelu_scale_kernel.cuh"
 
 #ifndef FUSED_CONV_STANDALONE
