@@ -95,6 +95,18 @@ inline bool parse_fused_conv_operands(const std::string& s, FusedConvOperands* o
     }
   return false;
 }
+// FP16 operands need C_in a multiple of 16 (one wgmma step of K = 16 within a tap).
+inline bool fused_conv_f16_supported(int64_t cin) { return cin % 16 == 0; }
+// The attribute `operands` of a node with input channels `cin` as the enum in *out; "" when it is
+// valid, else why not (the caller names the op).
+inline std::string fused_conv_operands_reason(const std::string& name, bool precise, int64_t cin,
+                                              FusedConvOperands* out) {
+  if (!parse_fused_conv_operands(name, out))
+    return "attribute 'operands' must be \"auto\", \"tf32\" or \"f16\", got \"" + name + "\"";
+  if (!precise && *out == FusedConvOperands::kF16 && !fused_conv_f16_supported(cin))
+    return "operands \"f16\" needs C_in a multiple of 16, x has " + std::to_string(cin) + " channels";
+  return "";
+}
 
 #ifdef __CUDACC__
 // Runs the fused forward on `stream`: y = factor * gelu(layer_norm(conv_transpose3d(x, w) + bias)),

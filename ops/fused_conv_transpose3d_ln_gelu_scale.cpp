@@ -42,10 +42,8 @@ OpSchema schema() {
     auto types = ops::fused_ln_gelu_scale_out_types(kOp, z, lw, lb);
     ops::ln_gelu_scale_params(kOp, a, z.shape);
     FusedConvOperands operands;
-    MINIDL_CHECK(parse_fused_conv_operands(a.get_str("operands"), &operands), kOp,
-                 ": attribute 'operands' must be \"auto\", \"tf32\" or \"f16\", got \"", a.get_str("operands"), "\"");
-    MINIDL_CHECK(a.get_bool("precise") || operands != FusedConvOperands::kF16 || x.shape[1] % 16 == 0, kOp,
-                 ": operands \"f16\" needs C_in a multiple of 16, x is ", shape_str(x.shape));
+    const std::string why = fused_conv_operands_reason(a.get_str("operands"), a.get_bool("precise"), x.shape[1], &operands);
+    MINIDL_CHECK(why.empty(), kOp, ": ", why, " (x ", shape_str(x.shape), ")");
     return types;
   };
   s.cpu_kernel = [](KernelContext& ctx) {

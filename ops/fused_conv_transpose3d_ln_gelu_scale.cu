@@ -92,11 +92,8 @@ void fused_conv_cuda(KernelContext& ctx) {
   // after this kernel.
   const bool precise = ctx.attrs().get_bool("precise");
   FusedConvOperands operands = FusedConvOperands::kAuto;
-  const std::string& ops_name = ctx.attrs().get_str("operands");
-  MINIDL_CHECK(parse_fused_conv_operands(ops_name, &operands), kOp,
-               ": attribute 'operands' must be \"auto\", \"tf32\" or \"f16\", got \"", ops_name, "\"");
-  MINIDL_CHECK(precise || operands != FusedConvOperands::kF16 || Cin % 16 == 0, kOp,
-               ": operands \"f16\" needs C_in a multiple of 16, x is ", shape_str(x.shape()));
+  const std::string ops_why = fused_conv_operands_reason(ctx.attrs().get_str("operands"), precise, Cin, &operands);
+  MINIDL_CHECK(ops_why.empty(), kOp, ": ", ops_why, " (x ", shape_str(x.shape()), ")");
   const size_t ws_bytes =
       fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(N, Cin, D, H, precise, mean || rstd);
   struct Scratch {

@@ -1100,12 +1100,13 @@ void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool gua
 // Operand format (FusedConvOperands, ops/fused_conv_support.h): kAuto takes FP16 where Cin
 // allows it (a multiple of 16) and the operands' range does (TF32 otherwise, decided on the
 // device); the others force one, with no range test.
-using TcOperands = FusedConvOperands;
-inline bool use_f16(int cin, TcOperands ops) { return cin % 16 == 0 && ops != TcOperands::kTf32; }
+inline bool use_f16(int cin, FusedConvOperands ops) {
+  return fused_conv_f16_supported(cin) && ops != FusedConvOperands::kTf32;
+}
 
 template <bool TANH>
-void launch_tc_cin(const Params& p, const float* w, cudaStream_t stream, TcOperands ops) {
-  const bool f16 = use_f16(p.g.Cin, ops), guarded = ops == TcOperands::kAuto;
+void launch_tc_cin(const Params& p, const float* w, cudaStream_t stream, FusedConvOperands ops) {
+  const bool f16 = use_f16(p.g.Cin, ops), guarded = ops == FusedConvOperands::kAuto;
   switch (p.g.Cin) {
     case 8: launch_tc<8, TANH>(p, w, stream); break;
     case 16:
@@ -1179,7 +1180,8 @@ inline void launch(const float* x, const float* w, const float* conv_bias, const
                    float* y, float* mean, float* rstd, int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W,
                    int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
                    float eps, bool tanh_gelu, float factor, bool precise, void* workspace,
-                   cudaStream_t stream, int variant = kDefaultVariant, TcOperands ops = TcOperands::kAuto) {
+                   cudaStream_t stream, int variant = kDefaultVariant,
+                   FusedConvOperands ops = FusedConvOperands::kAuto) {
   Params p = make_params(x, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
                                out_pad_d, out_pad_h, out_pad_w, eps, factor, variant);
   const Geometry& g = p.g;

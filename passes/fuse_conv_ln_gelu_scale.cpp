@@ -70,7 +70,7 @@ bool fuse_conv_ln_gelu_scale(Graph& g, bool precise, FusedConvOperands operands)
                 {"factor", ep->attrs.get("factor")},
                 {"precise", AttrValue::Bool(precise)},
                 {"operands", AttrValue::Str(fused_conv_operands_name(
-                                 operands == FusedConvOperands::kF16 && conv->inputs[0]->shape()[1] % 16 != 0
+                                 operands == FusedConvOperands::kF16 && !fused_conv_f16_supported(conv->inputs[0]->shape()[1])
                                      ? FusedConvOperands::kAuto
                                      : operands))}};
     Node* fused = g.add_node("fused_conv_transpose3d_ln_gelu_scale",

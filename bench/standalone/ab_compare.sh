@@ -7,7 +7,7 @@
 # The snapshot is built with today's launcher (ops/fused_conv_transpose3d_ln_gelu_scale.cu) and
 # check program, so it must have today's interface (Params, make_params, workspace_bytes,
 # launch_tc<CIN, TANH, MODE>, plan_blocks, decode_unit / advance_unit, attach_workspace,
-# TcOperands): snapshots from the FP16-operand version on do (fused_conv_v9_tf32_final.cu and
+# FusedConvOperands): snapshots from the FP16-operand version on do (fused_conv_v9_tf32_final.cu and
 # older ones need the check of their own commit); the profiling modes of the check mean what the
 # current header says. The TF32 and FP16 paths of one build compare with `./fc --check --tf32`
 # against `./fc --check` in one run.

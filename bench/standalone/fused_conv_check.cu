@@ -237,7 +237,7 @@ void* workspace_for(const Case& c) {
 
 // stats = false: mean and rstd not wanted (null), as when nothing reads them.
 // Operand format of the tensor-core path (--tf32 / --f16 force one; default: what the op picks).
-minidl::fused_conv_detail::TcOperands g_operands = minidl::fused_conv_detail::TcOperands::kAuto;
+minidl::FusedConvOperands g_operands = minidl::FusedConvOperands::kAuto;
 void run_kernel(const Case& c, const Buffers& B, bool precise, int variant, bool stats = true) {
   void* ws = workspace_for(c);
   minidl::fused_conv_detail::launch(B.x, B.w, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, stats ? B.mean : nullptr,
@@ -499,16 +499,24 @@ __global__ void store_pattern_kernel(minidl::fused_conv_detail::Geometry g, floa
   }
 }
 
+// The tensor-core path at C_in 32 (erf GELU) in profiling mode MODE, in the operand format
+// g_operands selects.
+template <int MODE>
+void launch_tc32(const minidl::fused_conv_detail::Params& p, const float* w) {
+  namespace fc = minidl::fused_conv_detail;
+  if (fc::use_f16(32, g_operands))
+    fc::launch_tc<32, false, MODE, true>(p, w, 0);
+  else
+    fc::launch_tc<32, false, MODE>(p, w, 0);
+}
+
 // Where the time goes: the flagship with one part of the kernel switched off at a time.
 template <int MODE>
 void time_mode(const Case& c, const Buffers& B, const float* w, int variant, const char* what) {
   namespace fc = minidl::fused_conv_detail;
   const fc::Params p = tc_params(c, B, variant);
   Timing t = time_it([&] {
-    if (fc::use_f16(32, g_operands))
-      fc::launch_tc<32, false, MODE, true>(p, w, 0);
-    else
-      fc::launch_tc<32, false, MODE>(p, w, 0);
+    launch_tc32<MODE>(p, w);
     CK(cudaGetLastError());
   });
   const double gflop = 2.0 * B.ny * c.Cin * 8 / 1e9;
@@ -545,10 +553,10 @@ void profile_parts(const Case& c, int variant) {
 int main(int argc, char** argv) {
   // A trailing --tf32 or --f16 forces the tensor-core path's operand format.
   if (argc > 1 && std::strcmp(argv[argc - 1], "--tf32") == 0) {
-    g_operands = minidl::fused_conv_detail::TcOperands::kTf32;
+    g_operands = minidl::FusedConvOperands::kTf32;
     --argc;
   } else if (argc > 1 && std::strcmp(argv[argc - 1], "--f16") == 0) {
-    g_operands = minidl::fused_conv_detail::TcOperands::kF16;
+    g_operands = minidl::FusedConvOperands::kF16;
     --argc;
   }
   const bool small = argc > 1 && std::strcmp(argv[1], "--small") == 0;
@@ -569,10 +577,10 @@ int main(int argc, char** argv) {
     p.mean = p.rstd = nullptr;
     const bool f16 = fc::use_f16(32, g_operands);
     auto launch = [&] {
-      if (f16 && epi) fc::launch_tc<32, false, 5, true>(p, B.w, 0);
-      if (f16 && !epi) fc::launch_tc<32, false, 0, true>(p, B.w, 0);
-      if (!f16 && epi) fc::launch_tc<32, false, 5>(p, B.w, 0);
-      if (!f16 && !epi) fc::launch_tc<32, false, 0>(p, B.w, 0);
+      if (epi)
+        launch_tc32<5>(p, B.w);
+      else
+        launch_tc32<0>(p, B.w);
     };
     const auto t0 = std::chrono::steady_clock::now();
     int iters = 0;
