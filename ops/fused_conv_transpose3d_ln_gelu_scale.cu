@@ -6,6 +6,9 @@
 // out, so the standalone check (bench/standalone/fused_conv_check.cu) can include this file alone.
 #include "ops/fused_conv_transpose3d_ln_gelu_scale_kernel.cuh"
 
+#include <cstdlib>
+#include <string>
+
 #ifndef FUSED_CONV_STANDALONE
 #include "core/cuda_check.cuh"
 #include "core/cuda_runtime.h"
@@ -22,9 +25,13 @@ void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w,
                                                  int out_pad_d, int out_pad_h, int out_pad_w, float eps,
                                                  bool tanh_gelu, float factor, bool precise,
                                                  FusedConvOperands operands, void* workspace, cudaStream_t stream) {
+  // MINIDL_FUSED_CONV_INPUT=prepass: the FP16 path re-lays out x in a pre-pass even where the
+  // main kernel could read it directly (the tests compare the two paths; benchmarks time both).
+  const char* input = std::getenv("MINIDL_FUSED_CONV_INPUT");
+  const bool direct_input = !(input && std::string(input) == "prepass");
   fused_conv_detail::launch(x, w, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
                             out_pad_d, out_pad_h, out_pad_w, eps, tanh_gelu, factor, precise, workspace, stream,
-                            fused_conv_detail::kDefaultVariant, operands);
+                            fused_conv_detail::kDefaultVariant, operands, direct_input);
 }
 
 size_t fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H,

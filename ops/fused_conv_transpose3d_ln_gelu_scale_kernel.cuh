@@ -84,6 +84,12 @@ constexpr int kConsumers = 3;
 constexpr int kProducerRegs = 40, kConsumerRegs = 152;
 constexpr int kPlaneRows = 34;  // input plane rows per channel group: rho = iw - iw_min, 32 u + 2 taps
 constexpr int kSlots = 4;       // ring of input rows (one ih, both kd taps), 17 KB each at Cin 32
+// Direct input (FP16 only, see fused_conv_tc_kernel): a staging ring of FP32 input rows as the
+// TMA unit brings them from x, [ci][3 planes][W] (W <= kStageW), and the threads that convert them.
+constexpr int kStages = 3;
+constexpr int kStageW = 36;  // widest W staged (W_out = 64 allows W = 32 and 36 with W % 4 == 0)
+constexpr int kConverters = 96;  // warps 1-3 of the producer warpgroup
+constexpr int kProducerRegsDirect = 56;  // 128 * 56 + 384 * 152 = 64K
 constexpr int kMaxCin = 32;
 // Operand formats. TF32: a 16-byte row holds 4 channels and a wgmma step has K = 8. F16 (FP16
 // operands, FP32 accumulation; same 10-bit mantissa as TF32, narrower exponent range): 8
@@ -99,6 +105,7 @@ constexpr uint32_t plane_bytes(int cin, bool f16 = false) {
 // most 256 per box).
 constexpr uint32_t pair_bytes(int cin, bool f16 = false) { return 2 * plane_bytes(cin, f16); }
 constexpr uint32_t slot_bytes(int cin, bool f16 = false) { return 2 * pair_bytes(cin, f16); }
+constexpr uint32_t stage_bytes(int cin) { return (uint32_t)cin * 3 * kStageW * 4; }
 constexpr int ksteps(int cin, bool f16 = false) { return 8 * cin / k_per_step(f16); }  // per parity
 constexpr uint32_t weight_bytes(int cin, bool f16 = false) { return 2u * ksteps(cin, f16) * 2048; }
 constexpr int plane_rows(int cin, bool f16 = false) { return cin / chan_per_row(f16) * kPlaneRows; }
@@ -229,6 +236,26 @@ __device__ __forceinline__ bool advance_unit(const Geometry& g, int cls, Unit& u
   u.od = first_od(g, cls);
   ++u.n;
   return false;
+}
+
+// The input rows of a block's units [u0, u0 + n_units) of class cls, in the order the ring takes
+// them: f(unit, ih, P) for pair counter P = 0, 1, 2, ... (see fused_conv_tc_kernel). A unit that
+// continues the previous one (same n and od pair, oh + 2) needs one new row, ih0; another needs
+// two, ih0 - 1 and ih0.
+template <class F>
+__device__ __forceinline__ void for_each_input_row(const Geometry& g, int cls, int u0, int n_units, F&& f) {
+  Unit u = decode_unit(g, cls, u0);
+  int P = 1;
+  for (int k = 0; k < n_units; ++k) {
+    bool cont = false;
+    if (k > 0) {
+      cont = advance_unit(g, cls, u);
+      P += cont ? 1 : 2;
+    }
+    const int ih0 = (u.oh + g.ph) >> 1;
+    if (!cont) f(u, ih0 - 1, P - 1);
+    f(u, ih0, P);
+  }
 }
 
 // ---------------------------------------------------------------- small PTX wrappers
@@ -382,6 +409,45 @@ __device__ __forceinline__ float gelu_erf_fast(float x) {
 template <bool TANH>
 __device__ __forceinline__ float gelu_unscaled(float u) {
   return TANH ? gelu_f<true>(u) : gelu_erf_fast(u);
+}
+
+// ---------------------------------------------------------------- direct input
+// One FP32 input row as the TMA unit stages it, stage[ci][d][iw] (W columns) with planes d = 0,
+// 1, 2 = id0 - 1, id0, id0 + 1 (zeros outside x), into an FP16 ring slot, rho = iw - iw_min with
+// zeros where iw is outside [0, W) (the box starts at column 0: a TMA box's innermost start must
+// be 16-byte aligned, so the shift by iw_min is made here):
+// the two interleaved plane pairs the pre-pass path's TMA would have built, pair a rows
+// [ci/8][rho][r][ci%8] of plane id0 - a + r. Converter ctid takes items (channel group, rho);
+// lanes take consecutive rho, so each of an item's 24 reads is a conflict-free 128-byte warp read
+// and the plane id0, used by both pairs, is read once. Returns max(amax, |values read|).
+template <int CIN>
+__device__ __forceinline__ float convert_input_row(const float* __restrict__ stage, unsigned char* slot, int ctid,
+                                                   int W, int iw_min, float amax) {
+  constexpr int kItems = CIN / 8 * kPlaneRows;
+  constexpr uint32_t kPair = pair_bytes(CIN, true);
+  for (int i = ctid; i < kItems; i += kConverters) {
+    const int cig = i / kPlaneRows, rho = i - cig * kPlaneRows, iw = iw_min + rho;
+    uint32_t h[3][4] = {};
+    if (iw >= 0 && iw < W) {
+      const float* src = stage + 8 * cig * 3 * W + iw;
+#pragma unroll
+      for (int d = 0; d < 3; ++d)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float v0 = src[((2 * k) * 3 + d) * W], v1 = src[((2 * k + 1) * 3 + d) * W];
+          amax = fmaxf(amax, fmaxf(fabsf(v0), fabsf(v1)));
+          const __half2 p2 = __floats2half2_rn(v0, v1);
+          h[d][k] = *reinterpret_cast<const uint32_t*>(&p2);
+        }
+    }
+    uint4* dst = reinterpret_cast<uint4*>(slot + (size_t)(cig * kPlaneRows + rho) * 32);
+    dst[0] = make_uint4(h[1][0], h[1][1], h[1][2], h[1][3]);  // pair 0 (id0, id0 + 1)
+    dst[1] = make_uint4(h[2][0], h[2][1], h[2][2], h[2][3]);
+    dst += kPair / 16;                                         // pair 1 (id0 - 1, id0)
+    dst[0] = make_uint4(h[0][0], h[0][1], h[0][2], h[0][3]);
+    dst[1] = make_uint4(h[1][0], h[1][1], h[1][2], h[1][3]);
+  }
+  return amax;
 }
 
 // ---------------------------------------------------------------- pre-pass
@@ -548,9 +614,14 @@ __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc
 // MODE (profiling only, bench/standalone): 0 = the kernel; 1 = no wgmma; 2 = no LayerNorm/GELU
 // math (accumulators stored as they are); 3 = no input loads; 4 = wgmma only (no epilogue);
 // 5 = epilogue only (no loads, no wgmma); 6 = input loads only; 9 = no y stores.
-template <int CIN, bool TANH, int MODE = 0, bool F16 = false>
+// DIRECT (FP16 only): no input pre-pass. The TMA unit loads each input row straight from x (FP32,
+// one box of Cin x 3 planes x W) into a staging ring; producer warps 1-3 convert it into the
+// ring slot (convert_input_row) and fold max|x| into p.range[0] at the end. Only the weights come
+// from a pre-pass (weights only), and only they wait for it: the input loads start at once.
+template <int CIN, bool TANH, int MODE = 0, bool F16 = false, bool DIRECT = false>
 __global__ void __launch_bounds__(kThreads, 1)
     fused_conv_tc_kernel(const Params p, const __grid_constant__ CUtensorMap xmap) {
+  static_assert(!DIRECT || F16, "direct input is converted to FP16");
   constexpr bool kMma = MODE != 1 && MODE != 5 && MODE != 6;
   constexpr bool kLoad = MODE != 3 && MODE != 4 && MODE != 5;
   constexpr bool kEpi = MODE != 4 && MODE != 6;
@@ -561,14 +632,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int KS = ksteps(CIN, F16);                          // wgmma steps per parity (K = 8 Cin)
   constexpr int KC = CIN / k_per_step(F16);                     // steps per tap (a, b, c)
   constexpr uint32_t kLbo = kPlaneRows * 32;               // B: the next row of channels
-  // Shared memory: weights | input ring | store scratch (2 KB per consumer warp) | mbarriers
-  // (full[kSlots], empty[kSlots], weights) | issued counter.
+  // Shared memory: weights | input ring | store scratch (2 KB per consumer warp) | DIRECT: staging
+  // ring | mbarriers (full[kSlots], empty[kSlots], weights) | issued counter | DIRECT: mbarriers
+  // stage_full[kStages], stage_empty[kStages].
+  constexpr uint32_t kStage = stage_bytes(CIN);
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t w_s = smem_u32(smem_raw);
   const uint32_t ring_s = w_s + kW;
-  const uint32_t full_bar = ring_s + kSlots * kSlot + kConsumers * 4 * 2048;
+  const uint32_t stage_s = ring_s + kSlots * kSlot + kConsumers * 4 * 2048;
+  const uint32_t full_bar = stage_s + (DIRECT ? kStages * kStage : 0);
   const uint32_t empty_bar = full_bar + 8 * kSlots;
   const uint32_t w_bar = empty_bar + 8 * kSlots;
+  const uint32_t stage_full = w_bar + 16, stage_empty = stage_full + 8 * kStages;
   // The last pair counter P whose load the producer has issued. A consumer skips the units of
   // the others, so it could reach the full barrier of slot P % kSlots while the slot's previous
   // load (P - kSlots) is still under way; a parity wait would then pass on that earlier phase. It
@@ -576,9 +651,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Shared-memory atomics on both sides (a plain flag would be a data race, and racecheck says so).
   int* const issued = reinterpret_cast<int*>(smem_raw + (w_bar + 8 - w_s));
   const Geometry& g = p.g;
-  griddep_wait();
+  // DIRECT: the threads that read what the kernel before wrote (the weights) wait for it below.
+  if (!DIRECT) griddep_wait();
   griddep_launch_dependents();
-  if (gate_closed(p)) return;
+  if (!DIRECT && gate_closed(p)) return;  // DIRECT always runs (launch_tc)
 
   // The block's class and its contiguous range of that class's units.
   const int blk = blockIdx.x;
@@ -590,16 +666,76 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int n_units = u1 - u0;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
   if (tid < kSlots) {
-    mbar_init(full_bar + 8 * tid, 1);
+    mbar_init(full_bar + 8 * tid, DIRECT ? kConverters : 1);
     mbar_init(empty_bar + 8 * tid, 8);
   }
   if (tid == kSlots) {
     mbar_init(w_bar, 1);
     atomicExch(issued, -1);
   }
+  if (DIRECT && tid >= 32 && tid < 32 + kStages) {
+    mbar_init(stage_full + 8 * (tid - 32), 1);
+    mbar_init(stage_empty + 8 * (tid - 32), kConverters);
+  }
   mbar_init_fence();
   __syncthreads();
 
+  if (DIRECT && wg == 0) {
+    // ======================================================== producer, direct input
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegsDirect));
+    if (warp == 0) {
+      // Lane 0 issues the TMA loads of x into the staging ring, and the weights' load once the
+      // first kStages rows are under way (it waits for the weight pre-pass first).
+      if (lane != 0) return;
+      bool weights_issued = false;
+      auto issue_weights = [&] {
+        weights_issued = true;
+        griddep_wait();
+        if (!kMma) {
+          mbar_arrive(w_bar);
+          return;
+        }
+        mbar_arrive_expect(w_bar, kW);
+        const char* src = reinterpret_cast<const char*>(g_wsmem) + (size_t)cls * kW;
+        for (int i = 0; i < 4; ++i) bulk_load(w_s + i * (kW / 4), src + i * (kW / 4), kW / 4, w_bar);
+      };
+      const uint32_t box_bytes = (uint32_t)g.W * 3 * CIN * 4;
+      for_each_input_row(g, cls, u0, n_units, [&](const Unit& u, int ih, int P) {
+        if (P == kStages) issue_weights();
+        const int st = P % kStages;
+        if (P >= kStages) mbar_wait(stage_empty + 8 * st, (uint32_t)((P / kStages - 1) & 1));
+        if (!kLoad) {
+          mbar_arrive(stage_full + 8 * st);
+          return;
+        }
+        mbar_arrive_expect(stage_full + 8 * st, box_bytes);
+        tma_load_5d(&xmap, stage_s + st * kStage, stage_full + 8 * st, 0, ih, ((u.od + g.pd) >> 1) - 1, 0, u.n);
+      });
+      if (!weights_issued) issue_weights();
+      return;
+    }
+    // Warps 1-3 convert each staged row into its ring slot once the slot is free.
+    const int ctid = tid - 32, iw_min = (g.pw >> 1) - 1;
+    float amax = 0.f;
+    for_each_input_row(g, cls, u0, n_units, [&](const Unit&, int, int P) {
+      const int st = P % kStages, s = P % kSlots;
+      if (P >= kSlots) mbar_wait(empty_bar + 8 * s, (uint32_t)((P / kSlots - 1) & 1));
+      if (ctid == 0) atomicExch(issued, P);  // the slot's previous phase is complete
+      mbar_wait(stage_full + 8 * st, (uint32_t)((P / kStages) & 1));
+      amax = convert_input_row<CIN>(reinterpret_cast<const float*>(smem_raw + (stage_s - w_s) + st * kStage),
+                                    smem_raw + (ring_s - w_s) + s * kSlot, ctid, g.W, iw_min, amax);
+      // The slot is read by wgmma (the async proxy) and the stage rewritten by TMA: order this
+      // thread's generic accesses before both.
+      ptx::fence_proxy_async_smem();
+      mbar_arrive(full_bar + 8 * s);
+      mbar_arrive(stage_empty + 8 * st);
+    });
+    if (p.range) {
+      const unsigned m = __reduce_max_sync(0xffffffffu, __float_as_uint(amax));
+      if (lane == 0 && m != 0u) atomicMax(p.range, m);
+    }
+    return;
+  }
   if (wg == 0) {
     // ======================================================== producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
@@ -631,23 +767,13 @@ __global__ void __launch_bounds__(kThreads, 1)
                       ih, u.n);
       atomicExch(issued, P);
     };
-    Unit u = decode_unit(g, cls, u0);
-    int P = 1;
-    for (int k = 0; k < n_units; ++k) {
-      bool cont = false;
-      if (k > 0) {
-        cont = advance_unit(g, cls, u);
-        P += cont ? 1 : 2;
-      }
-      const int ih0 = (u.oh + g.ph) >> 1;
-      if (!cont) load_row(u, ih0 - 1, P - 1);
-      load_row(u, ih0, P);
-    }
+    for_each_input_row(g, cls, u0, n_units, load_row);
     return;
   }
 
   // ======================================================== consumers
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
+  if (DIRECT) griddep_wait();  // as every thread of the other paths
   // The consumer index through a shuffle from lane 0: the compiler then knows it is warp-uniform
   // and keeps the descriptor arithmetic in uniform registers.
   const int cons = __shfl_sync(0xffffffffu, wg, 0) - 1;
@@ -1001,10 +1127,37 @@ inline void plan_blocks(Geometry& g, int sms) {
   for (int c = 1; c < 4; ++c) g.unit0[c] = g.unit0[c - 1] + g.units[c - 1];
 }
 
-template <int CIN, bool F16>
+template <int CIN, bool F16, bool DIRECT = false>
 constexpr size_t tc_smem_bytes() {
   return (size_t)weight_bytes(CIN, F16) + (size_t)kSlots * slot_bytes(CIN, F16) + kConsumers * 4 * 2048 +
-         8 * (2 * kSlots + 2);
+         (DIRECT ? (size_t)kStages * stage_bytes(CIN) : 0) + 8 * (2 * kSlots + 2) + 16 * kStages;
+}
+
+// The direct path's TMA descriptor: x itself as the 5-D tensor (w, h, d, ci, n), FP32, with a box
+// of (W, 1, 3, Cin, 1): the whole input row ih of planes id0 - 1 .. id0 + 1, landing as [ci][d][w].
+// Needs x 16-byte aligned and W a multiple of 4 (TMA strides are whole 16-byte units), and W at
+// most kStageW: direct_input_possible.
+inline bool direct_input_possible(const Params& p) {
+  return p.g.W % 4 == 0 && p.g.W <= kStageW && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
+}
+template <int CIN>
+CUtensorMap make_x_direct_map(const Params& p) {
+  const Geometry& g = p.g;
+  const cuuint64_t row = (cuuint64_t)g.W * 4, plane = row * g.H, chan = plane * g.D;
+  const cuuint64_t dims[5] = {(cuuint64_t)g.W, (cuuint64_t)g.H, (cuuint64_t)g.D, (cuuint64_t)CIN, (cuuint64_t)g.N};
+  const cuuint64_t strides[4] = {row, plane, chan, chan * CIN};
+  const cuuint32_t box[5] = {(cuuint32_t)g.W, 1, 3, (cuuint32_t)CIN, 1};
+  const cuuint32_t estrides[5] = {1, 1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 5, const_cast<float*>(p.x), dims,
+                                          strides, box, estrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                          CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error(
+        "fused_conv_transpose3d_ln_gelu_scale: cuTensorMapEncodeTiled failed for the input x (error " +
+        std::to_string((int)r) + ")");
+  return map;
 }
 
 // The pre-pass (input and weight re-layout) and the main kernel of one operand format.
@@ -1035,37 +1188,43 @@ void launch_kernel(bool pdl, void (*kernel)(Params_...), dim3 grid, dim3 block, 
                              cudaGetErrorString(e));
 }
 // `gated`: the launch may find its gate closed (the TF32 fallback); a small grid then costs less.
+// `weights_only`: the direct path's pre-pass (no input re-layout).
 template <int CIN, bool F16>
-void launch_prepass(const Params& p, const float* w, cudaStream_t stream, bool gated = false, bool pdl = false) {
+void launch_prepass(const Params& p, const float* w, cudaStream_t stream, bool gated = false, bool pdl = false,
+                    bool weights_only = false) {
   static const bool configured = (pin_max_smem_carveout(prepass_kernel<CIN, F16>), true);
   (void)configured;
-  const int rb = relayout_blocks(p.g), total = rb + kWeightBlocks<CIN, F16>;
+  const int rb = weights_only ? 0 : relayout_blocks(p.g), total = rb + kWeightBlocks<CIN, F16>;
   const int grid = gated ? std::min(total, 4 * device_sm_count()) : total;
   launch_kernel(pdl, prepass_kernel<CIN, F16>, dim3((unsigned)grid), dim3(256), 0, stream, p, w, rb);
 }
-template <int CIN, bool TANH, int MODE, bool F16>
+template <int CIN, bool TANH, int MODE, bool F16, bool DIRECT = false>
 void launch_main(const Params& p, cudaStream_t stream, bool pdl = false) {
-  constexpr size_t smem = tc_smem_bytes<CIN, F16>();
+  constexpr size_t smem = tc_smem_bytes<CIN, F16, DIRECT>();
   static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
-  static const bool configured = [] {
-    cudaFuncSetAttribute(fused_conv_tc_kernel<CIN, TANH, MODE, F16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         (int)smem);
-    pin_max_smem_carveout(fused_conv_tc_kernel<CIN, TANH, MODE, F16>);
+  auto* const kernel = fused_conv_tc_kernel<CIN, TANH, MODE, F16, DIRECT>;
+  static const bool configured = [kernel] {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    pin_max_smem_carveout(kernel);
     return true;
   }();
   (void)configured;
-  const CUtensorMap xmap = make_x_tensor_map<CIN, F16>(p);
-  launch_kernel(pdl, fused_conv_tc_kernel<CIN, TANH, MODE, F16>, dim3((unsigned)p.g.block0[4]), dim3(kThreads), smem,
-                stream, p, xmap);
+  const CUtensorMap xmap = DIRECT ? make_x_direct_map<CIN>(p) : make_x_tensor_map<CIN, F16>(p);
+  launch_kernel(pdl, kernel, dim3((unsigned)p.g.block0[4]), dim3(kThreads), smem, stream, p, xmap);
 }
 
 // The tensor-core path: pre-pass, main kernel and, when mean or rstd is wanted, the statistics
 // kernel. p.range and p.xt must point into a workspace of workspace_bytes() (attach_workspace).
-// F16 with `guarded`: the F16 pre-pass records the operands' range, the F16 kernel runs if it is
-// within [kF16RangeMin, kF16RangeMax], and a TF32 pre-pass and kernel run instead otherwise (the
-// two launches whose gate is closed return at once). F16 unguarded: F16 regardless (tests).
+// F16 with `guarded`: the F16 kernels record the operands' range, the F16 result stands if it is
+// within [kF16RangeMin, kF16RangeMax], and a TF32 pre-pass and kernel run otherwise (launched
+// always, they return at once when not needed). F16 unguarded: F16 regardless (tests).
+// F16 with `direct_input` (and direct_input_possible): the main kernel reads x itself and the
+// pre-pass re-lays out the weights only; the range then is known only after the F16 kernel, which
+// always runs (out of range, both formats' kernels run). Otherwise the F16 pre-pass re-lays out x
+// and the F16 kernel returns at once when the range is wrong.
 template <int CIN, bool TANH, int MODE = 0, bool F16 = false>
-void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool guarded = true) {
+void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool guarded = true,
+               bool direct_input = true) {
   static_assert(!F16 || CIN % 16 == 0, "FP16 operands need Cin a multiple of 16");
   Params p = p_in;
   Geometry& g = p.g;
@@ -1073,20 +1232,30 @@ void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool gua
   p.stats = stats ? reinterpret_cast<float2*>(reinterpret_cast<char*>(p.xt) + stats_offset(g.N, CIN, g.D, g.H))
                   : nullptr;
   const bool gate = F16 && guarded;
-  p.range_gate = gate ? kIfF16Range : kAlways;
-  if (F16) {
+  const bool direct = F16 && direct_input && direct_input_possible(p);
+  p.range_gate = gate && !direct ? kIfF16Range : kAlways;
+  if (gate) {
     const cudaError_t e = cudaMemsetAsync(p.range, 0, 2 * sizeof(unsigned), stream);
     if (e != cudaSuccess)
       throw std::runtime_error(std::string("fused_conv_transpose3d_ln_gelu_scale: clearing the range words: ") +
                                cudaGetErrorString(e));
+  } else {
+    p.range = nullptr;  // nothing reads it: no maxima recorded
   }
   // The pre-pass first (it needs no block plan), so that the host's remaining work (block plan,
   // tensor maps, launches) overlaps it instead of leaving the GPU idle. Each launch after it is a
   // programmatic dependent of the one before: its launch and prologue overlap the predecessor's
   // last wave (the gated launches cost little more than that).
-  launch_prepass<CIN, F16>(p, w, stream);
+  launch_prepass<CIN, F16>(p, w, stream, /*gated=*/false, /*pdl=*/false, /*weights_only=*/direct);
   plan_blocks(g, device_sm_count());
-  launch_main<CIN, TANH, MODE, F16>(p, stream, /*pdl=*/true);
+  if constexpr (F16) {
+    if (direct)
+      launch_main<CIN, TANH, MODE, true, true>(p, stream, /*pdl=*/true);
+    else
+      launch_main<CIN, TANH, MODE, true>(p, stream, /*pdl=*/true);
+  } else {
+    launch_main<CIN, TANH, MODE, false>(p, stream, /*pdl=*/true);
+  }
   if (gate) {  // the TF32 fallback, run only when the operands are outside the F16 range
     p.range_gate = kIfNotF16Range;
     launch_prepass<CIN, false>(p, w, stream, /*gated=*/true, /*pdl=*/true);
@@ -1105,20 +1274,20 @@ inline bool use_f16(int cin, FusedConvOperands ops) {
 }
 
 template <bool TANH>
-void launch_tc_cin(const Params& p, const float* w, cudaStream_t stream, FusedConvOperands ops) {
+void launch_tc_cin(const Params& p, const float* w, cudaStream_t stream, FusedConvOperands ops, bool direct_input) {
   const bool f16 = use_f16(p.g.Cin, ops), guarded = ops == FusedConvOperands::kAuto;
   switch (p.g.Cin) {
     case 8: launch_tc<8, TANH>(p, w, stream); break;
     case 16:
       if (f16)
-        launch_tc<16, TANH, 0, true>(p, w, stream, guarded);
+        launch_tc<16, TANH, 0, true>(p, w, stream, guarded, direct_input);
       else
         launch_tc<16, TANH>(p, w, stream);
       break;
     case 24: launch_tc<24, TANH>(p, w, stream); break;
     default:
       if (f16)
-        launch_tc<32, TANH, 0, true>(p, w, stream, guarded);
+        launch_tc<32, TANH, 0, true>(p, w, stream, guarded, direct_input);
       else
         launch_tc<32, TANH>(p, w, stream);
       break;
@@ -1181,7 +1350,7 @@ inline void launch(const float* x, const float* w, const float* conv_bias, const
                    int64_t Cout, int pad_d, int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
                    float eps, bool tanh_gelu, float factor, bool precise, void* workspace,
                    cudaStream_t stream, int variant = kDefaultVariant,
-                   FusedConvOperands ops = FusedConvOperands::kAuto) {
+                   FusedConvOperands ops = FusedConvOperands::kAuto, bool direct_input = true) {
   Params p = make_params(x, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
                                out_pad_d, out_pad_h, out_pad_w, eps, factor, variant);
   const Geometry& g = p.g;
@@ -1199,9 +1368,9 @@ inline void launch(const float* x, const float* w, const float* conv_bias, const
                                 std::to_string(workspace_bytes(N, Cin, D, H, mean || rstd)) + " bytes");
   attach_workspace(p, workspace);
   if (tanh_gelu)
-    launch_tc_cin<true>(p, w, stream, ops);
+    launch_tc_cin<true>(p, w, stream, ops, direct_input);
   else
-    launch_tc_cin<false>(p, w, stream, ops);
+    launch_tc_cin<false>(p, w, stream, ops, direct_input);
 }
 
 }  // namespace fused_conv_detail

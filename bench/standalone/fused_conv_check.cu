@@ -238,12 +238,14 @@ void* workspace_for(const Case& c) {
 // stats = false: mean and rstd not wanted (null), as when nothing reads them.
 // Operand format of the tensor-core path (--tf32 / --f16 force one; default: what the op picks).
 minidl::FusedConvOperands g_operands = minidl::FusedConvOperands::kAuto;
+// FP16 input path: false (--prepass) re-lays out x in a pre-pass instead of reading it directly.
+bool g_direct_input = true;
 void run_kernel(const Case& c, const Buffers& B, bool precise, int variant, bool stats = true) {
   void* ws = workspace_for(c);
   minidl::fused_conv_detail::launch(B.x, B.w, c.bias ? B.b : nullptr, B.gam, B.bet, B.y, stats ? B.mean : nullptr,
                                     stats ? B.rstd : nullptr, c.N, c.Cin,
                                     c.D, c.H, c.W, 64, c.pd, c.ph, c.pw, c.opd, c.oph, c.opw, 1e-5f, c.tanh_mode,
-                                    c.factor, precise, ws, 0, variant, g_operands);
+                                    c.factor, precise, ws, 0, variant, g_operands, g_direct_input);
   CK(cudaGetLastError());
 }
 
@@ -505,7 +507,7 @@ template <int MODE>
 void launch_tc32(const minidl::fused_conv_detail::Params& p, const float* w) {
   namespace fc = minidl::fused_conv_detail;
   if (fc::use_f16(32, g_operands))
-    fc::launch_tc<32, false, MODE, true>(p, w, 0);
+    fc::launch_tc<32, false, MODE, true>(p, w, 0, g_operands == minidl::FusedConvOperands::kAuto, g_direct_input);
   else
     fc::launch_tc<32, false, MODE>(p, w, 0);
 }
@@ -551,13 +553,17 @@ void profile_parts(const Case& c, int variant) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // A trailing --tf32 or --f16 forces the tensor-core path's operand format.
-  if (argc > 1 && std::strcmp(argv[argc - 1], "--tf32") == 0) {
-    g_operands = minidl::FusedConvOperands::kTf32;
-    --argc;
-  } else if (argc > 1 && std::strcmp(argv[argc - 1], "--f16") == 0) {
-    g_operands = minidl::FusedConvOperands::kF16;
-    --argc;
+  // Trailing flags: --tf32 or --f16 force the tensor-core path's operand format; --prepass makes
+  // the FP16 path re-lay out x in a pre-pass instead of reading it directly.
+  for (; argc > 1; --argc) {
+    if (std::strcmp(argv[argc - 1], "--tf32") == 0)
+      g_operands = minidl::FusedConvOperands::kTf32;
+    else if (std::strcmp(argv[argc - 1], "--f16") == 0)
+      g_operands = minidl::FusedConvOperands::kF16;
+    else if (std::strcmp(argv[argc - 1], "--prepass") == 0)
+      g_direct_input = false;
+    else
+      break;
   }
   const bool small = argc > 1 && std::strcmp(argv[1], "--small") == 0;
   const bool notime = argc > 1 && std::strcmp(argv[1], "--check") == 0;

@@ -6,6 +6,7 @@
 // operands outside FP16's range.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "cuda_op_check.h"
 
@@ -83,7 +84,7 @@ TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
     }
   }
 
-  TEST_CASE("other paddings and output paddings (W_in 31, 33, 34) match the CPU") {
+  TEST_CASE("other paddings and output paddings (W_in 31, 33, 34, 36) match the CPU") {
     if (!minidl_test::require_gpu()) return;
     // W_out = 2 (W_in - 1) - 2 pad_w + 4 + out_pad_w = 64 in each case; the input re-layout pads
     // W differently for each pad_w.
@@ -91,9 +92,11 @@ TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
       Shape x;
       std::vector<int64_t> pad, out_pad;
     };
+    // W_in 36 (pad_w 5) is the other width whose rows the FP16 kernel reads straight from x.
     const std::vector<C> cases = {{{2, 32, 4, 6, 33}, {0, 3, 2}, {1, 1, 0}},
                                   {{1, 24, 3, 3, 34}, {1, 1, 3}, {0, 0, 0}},
-                                  {{2, 32, 3, 4, 31}, {2, 0, 0}, {1, 0, 0}}};
+                                  {{2, 32, 3, 4, 31}, {2, 0, 0}, {1, 0, 0}},
+                                  {{1, 32, 3, 4, 36}, {1, 2, 5}, {0, 1, 0}}};
     uint64_t seed = 550;
     for (const C& c : cases)
       for (const char* ops : operand_modes(c.x[1])) {
@@ -103,6 +106,42 @@ TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
         check_op(what, fused_conv_node(c.x, 64, true, fused_conv_attrs(false, "none", 1.0, c.pad, c.out_pad, ops)),
                  fused_conv_inputs(c.x, 64, true, seed), {kTf32Tol});
         seed += 10;
+      }
+  }
+
+  TEST_CASE("FP16 input read straight from x and through the pre-pass: the same outputs, bit for bit") {
+    if (!minidl_test::require_gpu()) return;
+    // Where W is a multiple of 4 the FP16 kernel converts x itself (TMA rows of x, converted in
+    // shared memory); MINIDL_FUSED_CONV_INPUT=prepass forces the input pre-pass. Both round each
+    // value to FP16 once and feed the same operand images, so y, mean and rstd must agree exactly.
+    struct C {
+      Shape x;
+      std::vector<int64_t> pad, out_pad;
+    };
+    const std::vector<C> cases = {{{2, 32, 3, 5, 32}, {1, 1, 1}, {0, 0, 0}},
+                                  {{3, 16, 4, 3, 32}, {0, 1, 1}, {1, 0, 0}},
+                                  {{1, 32, 3, 4, 36}, {1, 2, 5}, {0, 1, 0}},
+                                  {{2, 32, 8, 32, 32}, {1, 1, 1}, {0, 0, 0}}};
+    uint64_t seed = 1200;
+    for (const C& c : cases)
+      for (const char* ops : {"auto", "f16"}) {
+        const NodeBuilder node =
+            fused_conv_node(c.x, 64, true, fused_conv_attrs(false, "none", 1.0, c.pad, c.out_pad, ops));
+        const std::vector<Tensor> ins = fused_conv_inputs(c.x, 64, true, seed);
+        seed += 10;
+        const RunResult direct = run_cpu_vs_cuda(node, ins);
+        setenv("MINIDL_FUSED_CONV_INPUT", "prepass", 1);
+        const RunResult prepass = run_cpu_vs_cuda(node, ins);
+        unsetenv("MINIDL_FUSED_CONV_INPUT");
+        const std::string what = std::string(kOp) + " x " + shape_str(c.x) + " operands " + ops;
+        REQUIRE(direct.gpu.size() == prepass.gpu.size());
+        for (size_t i = 0; i < direct.gpu.size(); ++i) {
+          INFO(what << ", output " << i);
+          CHECK(all_finite(direct.gpu[i]));
+          CHECK(max_abs_diff(direct.gpu[i], prepass.gpu[i]) == 0.0);
+        }
+        INFO(what);
+        CHECK(rel_l2_error(direct.gpu[0], direct.ref[0]) <= kTf32Tol);
       }
   }
 
