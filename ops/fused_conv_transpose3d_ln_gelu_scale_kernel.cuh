@@ -7,12 +7,14 @@
 //
 // Operands: FP16 (K = 16 per wgmma step) or TF32 (K = 8), both accumulated in FP32; FP16 has
 // TF32's 10-bit mantissa, so the two round the same, but its exponent range is narrow. By
-// default the pre-pass measures max|x| and max|w| on the device and the FP16 kernel runs when
-// both lie in [2^-8, 2^15]; otherwise a TF32 pre-pass and kernel run instead (launched always,
-// they return at once when not needed). FP16 halves the operand bytes everywhere (weights 64 KB
-// instead of 128, input planes, wgmma operand reads) and doubles the tensor rate: the flagship
-// runs 0.49-0.50 ms against 0.615 with TF32, which is bound by the H100's 700 W power cap
-// (bench/NOTES.md). Below, sizes are the TF32 ones; FP16 halves every operand byte count.
+// default the FP16 kernels measure max|x| and max|w| on the device and the FP16 result stands
+// when both lie in [2^-8, 2^15]; otherwise a TF32 pre-pass and kernel run after it (launched
+// always, they return at once when not needed). FP16 halves the operand bytes everywhere
+// (weights 64 KB instead of 128, input planes, wgmma operand reads) and doubles the tensor rate:
+// TF32 is bound by the H100's 700 W power cap at 0.615 ms (bench/NOTES.md). The FP16 kernel also
+// reads x itself (DIRECT: FP32 rows by TMA, converted in shared memory by the producer warpgroup),
+// so only the weights need a pre-pass: 0.48 ms for the flagship. Below, sizes are the TF32 ones;
+// FP16 halves every operand byte count.
 //
 // How the tensor-core kernel works (v9; numbers for Cin = 32; bench/NOTES.md has the measurements):
 //  * Phases. Output od receives x[id] through tap kd = td - 2 id with td = od + pad_d, so only
@@ -33,6 +35,11 @@
 //    LBO on), and the shift by tap c or parity q is a 32-byte offset of the descriptor's start
 //    address: an implicit im2col for two rows at once, with no copies. Out-of-range id / ih come
 //    back as zeros from the TMA unit.
+//  * Direct input (FP16, the default path where x allows it): no input pre-pass. The TMA unit
+//    brings one input row ih of the three planes id0 - 1 .. id0 + 1 straight from x (FP32, whole
+//    W-wide rows) into a staging ring, and producer warps 1-3 write the ring slot's two
+//    interleaved plane pairs from it (convert_input_row), the FP16 conversion and the shift by
+//    iw_min included. The slot layout the consumers see is the same.
 //  * Inputs of a unit: for tap (a, b) it reads the interleaved pair (id0 - a, id0 - a + 1) of
 //    input row ih0 - b. A ring slot holds one input row ih (both a); the next unit of the same
 //    (n, od) has ih0 + 1, so it reuses one slot and loads one. One producer thread issues them.
