@@ -421,8 +421,8 @@ __device__ __forceinline__ float gelu_unscaled(float u) {
 // ---------------------------------------------------------------- direct input
 // One FP32 input row as the TMA unit stages it, stage[ci][d][iw] (W columns) with planes d = 0,
 // 1, 2 = id0 - 1, id0, id0 + 1 (zeros outside x), into an FP16 ring slot, rho = iw - iw_min with
-// zeros where iw is outside [0, W) (the box starts at column 0: a TMA box's innermost start must
-// be 16-byte aligned, so the shift by iw_min is made here):
+// zeros where iw is outside [0, W) (the box is the whole row from column 0; a box shifted by
+// iw_min = -1 and padded to 36 columns made the TMA load fault, bench/NOTES.md v25):
 // the two interleaved plane pairs the pre-pass path's TMA would have built, pair a rows
 // [ci/8][rho][r][ci%8] of plane id0 - a + r. Converter ctid takes items (channel group, rho);
 // lanes take consecutive rho, so each of an item's 24 reads is a conflict-free 128-byte warp read
