@@ -28,6 +28,7 @@
 #include "core/cuda_check.cuh"
 #include "core/cuda_runtime.h"
 #include "ops/conv_transpose3d_fast.h"
+#include "ops/fused_conv_support.h"
 #include "ops/cuda_kernels.h"
 #include "ops/op_util.h"
 
@@ -339,6 +340,32 @@ void check_geo_fits(const char* op, const ops::ConvGeom& g) {
                op, ": sizes too large for the CUDA kernel");
 }
 
+// The configurations the fused conv -> LayerNorm kernel takes (stride 2, kernel 4, C_out 64,
+// W_out 64; the flagship's among them) run on its tensor-core path with a bias-only epilogue: FP16
+// operands (TF32's mantissa) under its range test, TF32 otherwise, 0.48 ms against 0.89 for the
+// mma.sync kernel at the flagship size (bench/NOTES.md). MINIDL_CONV_MMA_SYNC=1 keeps them on the
+// mma.sync kernels; MINIDL_CONV_GENERAL=1 on the general path. False when it does not apply.
+bool forward_on_fused_kernel(const Geo& g, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+  const char* v = std::getenv("MINIDL_CONV_MMA_SYNC");
+  if ((v && v[0] == '1') || conv_cuda::fast::disabled_by_env()) return false;
+  std::vector<int64_t> stride(3), pad(3), out_pad(3);
+  for (int d = 0; d < 3; ++d) {
+    stride[d] = g.s[d];
+    pad[d] = g.p[d];
+    out_pad[d] = g.out[d] - ((int64_t)(g.in[d] - 1) * g.s[d] - 2 * g.p[d] + g.k[d]);
+  }
+  if (!fused_conv_unsupported_reason(x.shape(), w.shape(), stride, pad, out_pad, y.shape().back()).empty() ||
+      reinterpret_cast<uintptr_t>(y.raw_data()) % 16 != 0)
+    return false;
+  cudak::DeviceBuffer workspace(fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(g.N, g.Cin, g.in[0], g.in[1],
+                                                                                     false, false));
+  launch_conv_transpose3d_on_fused_kernel(x.data<float>(), w.data<float>(), bias ? bias->data<float>() : nullptr,
+                                          y.data<float>(), g.N, g.Cin, g.in[0], g.in[1], g.in[2], g.p[0], g.p[1],
+                                          g.p[2], (int)out_pad[0], (int)out_pad[1], (int)out_pad[2],
+                                          workspace.as<void>(), cuda::stream());
+  return true;
+}
+
 void conv_forward_cuda(KernelContext& ctx) {
   const char* op = "conv_transpose3d";
   cudak::check_cuda_tensors(op, ctx);
@@ -352,6 +379,10 @@ void conv_forward_cuda(KernelContext& ctx) {
   check_geo_fits(op, cg);
   if (y.numel() == 0) return;
   const Geo g = make_geo(cg);
+  if (forward_on_fused_kernel(g, x, w, bias, y)) {
+    MINIDL_LAUNCH_CHECK(op);
+    return;
+  }
   if (conv_cuda::fast::applies(g) && conv_cuda::fast::forward(g, x.data<float>(), w.data<float>(), bias ? bias->data<float>() : nullptr,
                                         y.data<float>()))
     return;

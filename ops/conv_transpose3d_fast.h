@@ -14,6 +14,8 @@ namespace fast {
 // True for the geometry the fast kernels handle (stride 2, kernel 4, padding 1, output = 2 x input,
 // C_in 32, C_out 64, input width 32) unless MINIDL_CONV_GENERAL=1.
 bool applies(const Geo& g);
+// MINIDL_CONV_GENERAL=1: every geometry takes the general path.
+bool disabled_by_env();
 // Each returns false (having launched nothing) when the device cannot run it; the caller then
 // takes the general path.
 bool forward(const Geo& g, const float* x, const float* w, const float* bias, float* y);

@@ -126,6 +126,14 @@ void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w,
                                                  int out_pad_d, int out_pad_h, int out_pad_w, float eps,
                                                  bool tanh_gelu, float factor, bool precise,
                                                  FusedConvOperands operands, void* workspace, cudaStream_t stream);
+// The plain conv_transpose3d (y = conv(x, w) + conv_bias, bias may be null) on the same tensor-core
+// kernels with a bias-only epilogue, FP16 operands under the range test (TF32 otherwise), for
+// any configuration fused_conv_unsupported_reason accepts with normalized size = W_out (64).
+// `workspace`: fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(N, Cin, D, H, false, false).
+void launch_conv_transpose3d_on_fused_kernel(const float* x, const float* w, const float* conv_bias, float* y,
+                                              int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W, int pad_d,
+                                              int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
+                                              void* workspace, cudaStream_t stream);
 #endif
 
 }  // namespace minidl

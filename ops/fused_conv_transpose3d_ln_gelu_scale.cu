@@ -34,6 +34,16 @@ void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w,
                             fused_conv_detail::kDefaultVariant, operands, direct_input);
 }
 
+void launch_conv_transpose3d_on_fused_kernel(const float* x, const float* w, const float* conv_bias, float* y,
+                                              int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W, int pad_d,
+                                              int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
+                                              void* workspace, cudaStream_t stream) {
+  const char* input = std::getenv("MINIDL_FUSED_CONV_INPUT");
+  const bool direct_input = !(input && std::string(input) == "prepass");
+  fused_conv_detail::launch_conv_only(x, w, conv_bias, y, N, Cin, D, H, W, pad_d, pad_h, pad_w, out_pad_d, out_pad_h,
+                                      out_pad_w, workspace, stream, direct_input);
+}
+
 size_t fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H,
                                                              bool precise, bool stats) {
   return precise ? 0 : fused_conv_detail::workspace_bytes(N, Cin, D, H, stats);

@@ -533,7 +533,8 @@ __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const floa
 // out as float4 along ow, so that every 16-byte store instruction writes two whole rows (8-byte
 // stores straight from the fragment hit eight rows each, and took longer). The scratch's 8-byte
 // slots are XOR-swizzled by row: conflict-free both ways.
-template <bool TANH, bool kMath, bool kYStore>
+// BIAS_ONLY: y = conv + bias, no LayerNorm (the plain conv_transpose3d on this kernel).
+template <bool TANH, bool kMath, bool kYStore, bool BIAS_ONLY>
 __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc0)[32], const float (&acc1)[32],
                                               const Unit& u, const float (&gam)[16], const float (&bet)[16],
                                               const float (&bias_r)[2], float* scratch, int w4, int lane,
@@ -542,9 +543,9 @@ __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc
   const int g8 = lane >> 2, t = lane & 3;
   // LayerNorm statistics of the thread's four rows e = (co half, r): 16 values each here, the
   // other 48 in the three other lanes of the quad; two passes (mean, then squared deviations).
-  float mu[4], rs[4];
+  float mu[4] = {}, rs[4] = {};
 #pragma unroll
-  for (int e = 0; e < 4; ++e) {
+  for (int e = 0; e < 4 && !BIAS_ONLY; ++e) {
     float sm = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) sm += acc0[4 * j + e] + acc1[4 * j + e];
@@ -574,14 +575,17 @@ __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc
     // (mean, rstd) into the unit-ordered scratch: 8 lanes write 64 contiguous bytes. Stored
     // straight into mean / rstd ([n][co][od][oh]) they were 4-byte writes to 8 rows each, and
     // every 32-byte sector shared with the other oh parity's block: 0.19 ms of the kernel.
-    if (t == 0 && p.stats)
+    if (!BIAS_ONLY && t == 0 && p.stats)
       p.stats[(int64_t)ustat * 128 + (e & 1) * 64 + co_base + g8] =
           make_float2(mu[e] + bias_r[e >> 1], rs[e]);  // the bias shifts z, so the mean, nothing else
     const float nmrs = -mu[e] * rs[e];  // (v - mu) * rs as one FMA
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       float o0 = acc0[4 * j + e], o1 = acc1[4 * j + e];
-      if (kMath) {
+      if (BIAS_ONLY) {
+        o0 += bias_r[e >> 1];
+        o1 += bias_r[e >> 1];
+      } else if (kMath) {
         o0 = gelu_unscaled<TANH>(fmaf(fmaf(o0, rs[e], nmrs), gam[2 * j], bet[2 * j]));
         o1 = gelu_unscaled<TANH>(fmaf(fmaf(o1, rs[e], nmrs), gam[2 * j + 1], bet[2 * j + 1]));
         if (scaled) {
@@ -625,7 +629,8 @@ __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc
 // one box of Cin x 3 planes x W) into a staging ring; producer warps 1-3 convert it into the
 // ring slot (convert_input_row) and fold max|x| into p.range[0] at the end. Only the weights come
 // from a pre-pass (weights only), and only they wait for it: the input loads start at once.
-template <int CIN, bool TANH, int MODE = 0, bool F16 = false, bool DIRECT = false>
+// BIAS_ONLY: the epilogue writes conv + bias (no LayerNorm, GELU or scale; no statistics).
+template <int CIN, bool TANH, int MODE = 0, bool F16 = false, bool DIRECT = false, bool BIAS_ONLY = false>
 __global__ void __launch_bounds__(kThreads, 1)
     fused_conv_tc_kernel(const Params p, const __grid_constant__ CUtensorMap xmap) {
   static_assert(!DIRECT || F16, "direct input is converted to FP16");
@@ -885,7 +890,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (!cont) mbar_arrive(empty_bar + 8 * s1);
     }
     if (kEpi) {
-      unit_epilogue<TANH, kMath, kYStore>(p, acc0, acc1, u, gam, bet, bias_r, scratch, warp & 3, lane,
+      unit_epilogue<TANH, kMath, kYStore, BIAS_ONLY>(p, acc0, acc1, u, gam, bet, bias_r, scratch, warp & 3, lane,
                                           g.unit0[cls] + u0 + k);
     } else {  // profiling (wgmma only): keep the accumulators alive, or ptxas drops the wgmmas
       float sm = 0.f;
@@ -1205,11 +1210,11 @@ void launch_prepass(const Params& p, const float* w, cudaStream_t stream, bool g
   const int grid = gated ? std::min(total, 4 * device_sm_count()) : total;
   launch_kernel(pdl, prepass_kernel<CIN, F16>, dim3((unsigned)grid), dim3(256), 0, stream, p, w, rb);
 }
-template <int CIN, bool TANH, int MODE, bool F16, bool DIRECT = false>
+template <int CIN, bool TANH, int MODE, bool F16, bool DIRECT = false, bool BIAS_ONLY = false>
 void launch_main(const Params& p, cudaStream_t stream, bool pdl = false) {
   constexpr size_t smem = tc_smem_bytes<CIN, F16, DIRECT>();
   static_assert(smem <= 227 * 1024, "shared memory over the sm_90 limit");
-  auto* const kernel = fused_conv_tc_kernel<CIN, TANH, MODE, F16, DIRECT>;
+  auto* const kernel = fused_conv_tc_kernel<CIN, TANH, MODE, F16, DIRECT, BIAS_ONLY>;
   static const bool configured = [kernel] {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     pin_max_smem_carveout(kernel);
@@ -1229,13 +1234,14 @@ void launch_main(const Params& p, cudaStream_t stream, bool pdl = false) {
 // pre-pass re-lays out the weights only; the range then is known only after the F16 kernel, which
 // always runs (out of range, both formats' kernels run). Otherwise the F16 pre-pass re-lays out x
 // and the F16 kernel returns at once when the range is wrong.
-template <int CIN, bool TANH, int MODE = 0, bool F16 = false>
+// BIAS_ONLY: the plain convolution (conv + bias) on the same kernels; p.mean / p.rstd must be null.
+template <int CIN, bool TANH, int MODE = 0, bool F16 = false, bool BIAS_ONLY = false>
 void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool guarded = true,
                bool direct_input = true) {
   static_assert(!F16 || CIN % 16 == 0, "FP16 operands need Cin a multiple of 16");
   Params p = p_in;
   Geometry& g = p.g;
-  const bool stats = p.mean || p.rstd;
+  const bool stats = !BIAS_ONLY && (p.mean || p.rstd);
   p.stats = stats ? reinterpret_cast<float2*>(reinterpret_cast<char*>(p.xt) + stats_offset(g.N, CIN, g.D, g.H))
                   : nullptr;
   const bool gate = F16 && guarded;
@@ -1257,16 +1263,16 @@ void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool gua
   plan_blocks(g, device_sm_count());
   if constexpr (F16) {
     if (direct)
-      launch_main<CIN, TANH, MODE, true, true>(p, stream, /*pdl=*/true);
+      launch_main<CIN, TANH, MODE, true, true, BIAS_ONLY>(p, stream, /*pdl=*/true);
     else
-      launch_main<CIN, TANH, MODE, true>(p, stream, /*pdl=*/true);
+      launch_main<CIN, TANH, MODE, true, false, BIAS_ONLY>(p, stream, /*pdl=*/true);
   } else {
-    launch_main<CIN, TANH, MODE, false>(p, stream, /*pdl=*/true);
+    launch_main<CIN, TANH, MODE, false, false, BIAS_ONLY>(p, stream, /*pdl=*/true);
   }
   if (gate) {  // the TF32 fallback, run only when the operands are outside the F16 range
     p.range_gate = kIfNotF16Range;
     launch_prepass<CIN, false>(p, w, stream, /*gated=*/true, /*pdl=*/true);
-    launch_main<CIN, TANH, MODE, false>(p, stream, /*pdl=*/true);
+    launch_main<CIN, TANH, MODE, false, false, BIAS_ONLY>(p, stream, /*pdl=*/true);
   }
   if (!stats) return;
   const int64_t scatter_blocks = (int64_t)g.N * g.Dout * ((g.Hout + 31) / 32) * 2;
@@ -1280,23 +1286,23 @@ inline bool use_f16(int cin, FusedConvOperands ops) {
   return fused_conv_f16_supported(cin) && ops != FusedConvOperands::kTf32;
 }
 
-template <bool TANH>
+template <bool TANH, bool BIAS_ONLY = false>
 void launch_tc_cin(const Params& p, const float* w, cudaStream_t stream, FusedConvOperands ops, bool direct_input) {
   const bool f16 = use_f16(p.g.Cin, ops), guarded = ops == FusedConvOperands::kAuto;
   switch (p.g.Cin) {
-    case 8: launch_tc<8, TANH>(p, w, stream); break;
+    case 8: launch_tc<8, TANH, 0, false, BIAS_ONLY>(p, w, stream); break;
     case 16:
       if (f16)
-        launch_tc<16, TANH, 0, true>(p, w, stream, guarded, direct_input);
+        launch_tc<16, TANH, 0, true, BIAS_ONLY>(p, w, stream, guarded, direct_input);
       else
-        launch_tc<16, TANH>(p, w, stream);
+        launch_tc<16, TANH, 0, false, BIAS_ONLY>(p, w, stream);
       break;
-    case 24: launch_tc<24, TANH>(p, w, stream); break;
+    case 24: launch_tc<24, TANH, 0, false, BIAS_ONLY>(p, w, stream); break;
     default:
       if (f16)
-        launch_tc<32, TANH, 0, true>(p, w, stream, guarded, direct_input);
+        launch_tc<32, TANH, 0, true, BIAS_ONLY>(p, w, stream, guarded, direct_input);
       else
-        launch_tc<32, TANH>(p, w, stream);
+        launch_tc<32, TANH, 0, false, BIAS_ONLY>(p, w, stream);
       break;
   }
 }
@@ -1378,6 +1384,24 @@ inline void launch(const float* x, const float* w, const float* conv_bias, const
     launch_tc_cin<true>(p, w, stream, ops, direct_input);
   else
     launch_tc_cin<false>(p, w, stream, ops, direct_input);
+}
+
+// The plain convolution y = conv_transpose3d(x, w) + bias on the tensor-core path (FP16 operands
+// with the range test and the TF32 fallback, as kAuto): for the configurations
+// fused_conv_unsupported_reason accepts with normalized size W_out = 64. `workspace`:
+// workspace_bytes(N, Cin, D, H, false).
+inline void launch_conv_only(const float* x, const float* w, const float* conv_bias, float* y, int64_t N,
+                             int64_t Cin, int64_t D, int64_t H, int64_t W, int pad_d, int pad_h, int pad_w,
+                             int out_pad_d, int out_pad_h, int out_pad_w, void* workspace, cudaStream_t stream,
+                             bool direct_input = true) {
+  Params p = make_params(x, conv_bias, nullptr, nullptr, y, nullptr, nullptr, N, Cin, D, H, W, 64, pad_d, pad_h,
+                         pad_w, out_pad_d, out_pad_h, out_pad_w, 0.f, 1.f, kDefaultVariant);
+  if (p.g.total == 0) return;
+  if (workspace == nullptr)
+    throw std::invalid_argument("conv_transpose3d (tensor-core path): needs a workspace of " +
+                                std::to_string(workspace_bytes(N, Cin, D, H, false)) + " bytes");
+  attach_workspace(p, workspace);
+  launch_tc_cin<false, true>(p, w, stream, FusedConvOperands::kAuto, direct_input);
 }
 
 }  // namespace fused_conv_detail

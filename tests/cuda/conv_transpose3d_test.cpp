@@ -4,6 +4,11 @@
 // 4-row groups) and the same channels with an output padding (which must take the general
 // path), the channel counts that take the general path's fast gather (multiples of 32) and ones
 // that do not, and other strides, kernels, paddings and output paddings (phases with no taps).
+// The forward of every C_out 64 / W_out 64 configuration runs on the fused conv -> LayerNorm
+// kernel with a bias-only epilogue: checked over its channel counts, paddings and operand
+// formats (the range fallback included), and against the mma.sync kernel it replaced.
+#include <cstdlib>
+
 #include "cuda_op_check.h"
 
 using namespace minidl;
@@ -51,6 +56,47 @@ TEST_SUITE("cuda/conv_transpose3d") {
                  return g.add_node("conv_transpose3d", in, fwd_attrs(c));
                },
                c.bias ? std::vector<Tensor>{x, w, b} : std::vector<Tensor>{x, w}, {kTf32Tol});
+    }
+  }
+
+  TEST_CASE("forward on the fused kernel (C_out 64, W_out 64) matches the CPU and the mma.sync kernel") {
+    if (!minidl_test::require_gpu()) return;
+    // C_in 32 and 16 take FP16 operands (x read directly where W is a multiple of 4, through the
+    // pre-pass for W_in 33), C_in 8 and 24 TF32; out padding 1 in D and H, none in W.
+    const std::vector<ConvCase> cs = {
+        {{2, 32, 3, 5, 32}, {32, 64, 4, 4, 4}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, true},
+        {{1, 16, 4, 3, 32}, {16, 64, 4, 4, 4}, {2, 2, 2}, {0, 1, 1}, {1, 1, 0}, false},
+        {{2, 8, 2, 4, 32}, {8, 64, 4, 4, 4}, {2, 2, 2}, {1, 2, 1}, {0, 0, 0}, true},
+        {{1, 24, 3, 3, 32}, {24, 64, 4, 4, 4}, {2, 2, 2}, {1, 1, 1}, {0, 1, 0}, true},
+        {{2, 32, 3, 4, 33}, {32, 64, 4, 4, 4}, {2, 2, 2}, {1, 0, 2}, {1, 0, 0}, true},
+    };
+    uint64_t seed = 900;
+    for (const ConvCase& c : cs) {
+      const std::string what = "conv_transpose3d on the fused kernel x" + shape_str(c.x) + " w" + shape_str(c.w);
+      auto build = [&](Graph& g, DType t) {
+        std::vector<Value*> in{g.add_input("x", c.x, t), g.add_input("w", c.w, t)};
+        if (c.bias) in.push_back(g.add_input("b", {c.w[1]}, t));
+        return g.add_node("conv_transpose3d", in, fwd_attrs(c));
+      };
+      Tensor x = rand_f32(c.x, seed++, 0.0, 1.0), w = rand_f32(c.w, seed++), b = rand_f32({c.w[1]}, seed++);
+      const std::vector<Tensor> ins = c.bias ? std::vector<Tensor>{x, w, b} : std::vector<Tensor>{x, w};
+      check_op(what, build, ins, {kTf32Tol});
+      // x far outside FP16's range: the TF32 fallback must run (FP16 would overflow to inf).
+      std::vector<Tensor> big = ins;
+      big[0] = x.clone();
+      float* xs = big[0].data<float>();
+      for (int64_t i = 0; i < big[0].numel(); ++i) xs[i] *= 1e6f;
+      check_op(what + ", x * 1e6", build, big, {kTf32Tol});
+      if (c.x[1] == 32 && c.x[4] == 32) {  // the configuration the mma.sync forward also takes
+        const RunResult fused = run_cpu_vs_cuda(build, ins);
+        setenv("MINIDL_CONV_MMA_SYNC", "1", 1);
+        const RunResult mma = run_cpu_vs_cuda(build, ins);
+        unsetenv("MINIDL_CONV_MMA_SYNC");
+        INFO(what);
+        CHECK(rel_l2_error(mma.gpu[0], mma.ref[0]) <= kTf32Tol);
+        CHECK(rel_l2_error(fused.gpu[0], mma.gpu[0]) <= 2 * kTf32Tol);
+        CHECK(max_abs_diff(fused.gpu[0], mma.gpu[0]) > 0.0);  // two different kernels ran
+      }
     }
   }
 
