@@ -1,9 +1,12 @@
 // CUDA kernels for conv_transpose3d and its three gradient ops, on TF32 tensor cores (fp32
 // accumulation), the precision PyTorch uses for convolutions by default.
 //
-// Two paths. Stride 2 / kernel 4 / padding 1 with C_in 32, C_out 64 and input width 32 (the
-// model's convolution) takes the mma.sync kernels of conv_transpose3d_fast.cu (its comment says
-// how they work; bench/NOTES.md has the measurements). Everything else -- or any geometry with
+// Three paths. The forward of stride 2 / kernel 4 with C_out 64 and W_out 64 (the model's
+// convolution among them) runs on the fused conv -> LayerNorm kernel's tensor-core path with a
+// bias-only epilogue (forward_on_fused_kernel). Stride 2 / kernel 4 / padding 1 with C_in 32,
+// C_out 64 and input width 32 takes the mma.sync kernels of conv_transpose3d_fast.cu for the
+// gradients (and for the forward with MINIDL_CONV_MMA_SYNC=1; its comment says how they work;
+// bench/NOTES.md has the measurements). Everything else -- or any geometry with
 // MINIDL_CONV_GENERAL=1 -- takes the general path described here, on wmma m16n16k8.
 //
 // General path: forward as implicit GEMMs, one per output phase. Output position o = s*a + r - p (r in [0,s))
