@@ -79,7 +79,8 @@ inline std::string fused_conv_unsupported_reason(const Shape& x, const Shape& we
 // Tensor-core operand format of the fused kernel (attribute `operands`; precise = true ignores
 // it). kAuto: FP16 operands with FP32 accumulation (the same 10-bit mantissa as TF32, so the same
 // rounding, at twice the tensor rate and half the operand bytes) when C_in is a multiple of 16
-// and max|x|, max|w| both lie in [2^-8, 2^15], decided on the device per call; TF32 otherwise.
+// and max|x| lies in [2^-8, 2^15], decided on the device per call; TF32 otherwise. (The FP16
+// weights are scaled by a power of two into FP16's range, so their magnitude does not matter.)
 // kTf32 / kF16 force one, kF16 with no range test (C_in must then be a multiple of 16).
 enum class FusedConvOperands { kAuto, kTf32, kF16 };
 inline const char* fused_conv_operands_name(FusedConvOperands o) {

@@ -6,10 +6,11 @@
 // encoder is reached through cudaGetDriverEntryPointByVersion).
 //
 // Operands: FP16 (K = 16 per wgmma step) or TF32 (K = 8), both accumulated in FP32; FP16 has
-// TF32's 10-bit mantissa, so the two round the same, but its exponent range is narrow. By
-// default the FP16 kernels measure max|x| and max|w| on the device and the FP16 result stands
-// when both lie in [2^-8, 2^15]; otherwise a TF32 pre-pass and kernel run after it (launched
-// always, they return at once when not needed). FP16 halves the operand bytes everywhere
+// TF32's 10-bit mantissa, so the two round the same, but its exponent range is narrow. The FP16
+// weights are scaled by a power of two into FP16's range (and the accumulators back), so any
+// weights work; for x, by default the FP16 kernels measure max|x| on the device and the FP16
+// result stands when it lies in [2^-8, 2^15]; otherwise a TF32 pre-pass and kernel run after it
+// (launched always, they return at once when not needed). FP16 halves the operand bytes everywhere
 // (weights 64 KB instead of 128, input planes, wgmma operand reads) and doubles the tensor rate:
 // TF32 is bound by the H100's 700 W power cap at 0.615 ms (bench/NOTES.md). The FP16 kernel also
 // reads x itself (DIRECT: FP32 rows by TMA, converted in shared memory by the producer warpgroup),
@@ -137,10 +138,12 @@ struct Geometry {
   int block0[5];                   // blocks of class c are [block0[c], block0[c+1]) (TF32 kernel)
 };
 
-// The operand range that FP16 keeps as exact as TF32 (the same 10-bit mantissa): the F16 path
-// runs only when max|x| and max|w| both lie in [2^-8, 2^15]. Above, values would overflow
-// (65504); below 2^-14 they lose mantissa bits, which the 2^-8 floor keeps at least 64x smaller
-// than the rounding error of the largest values. Otherwise the TF32 path runs instead.
+// The input range that FP16 keeps as exact as TF32 (the same 10-bit mantissa): the F16 result
+// stands only when max|x| lies in [2^-8, 2^15]. Above, values would overflow (65504); below 2^-14
+// they lose mantissa bits, which the 2^-8 floor keeps at least 64x smaller than the rounding
+// error of the largest values. Otherwise the TF32 path runs. The weights need no such test: the
+// F16 path scales them by a power of two into [2^14, 2^15) (weight_scale_exp) and the epilogue
+// scales the accumulators back, exactly.
 constexpr float kF16RangeMin = 0x1p-8f, kF16RangeMax = 0x1p15f;
 // Which launches of a call run: the F16 kernel when the pre-pass found the operands in range,
 // the TF32 pre-pass and kernel when it did not. kAlways: no range test (forced operand format).
@@ -149,7 +152,8 @@ enum RangeGate : int { kAlways = 0, kIfF16Range = 1, kIfNotF16Range = 2 };
 struct Params {
   Geometry g;
   const float* x;
-  unsigned* range;  // [max|x|, max|w|] as float bits (the first kRangeBytes of the workspace)
+  unsigned* range;  // [max|x|, max|w|] as float bits (the first kRangeBytes of the workspace);
+                    // F16: never null (max|w| sets the weights' scale)
   int range_gate;   // RangeGate of the launch
   float* xt;  // re-laid-out input planes (workspace_bytes()), written by prepass_kernel
   float2* stats;  // (mean, rstd) per row in unit order [unit][r][co], in the workspace after xt;
@@ -165,8 +169,18 @@ struct Params {
 };
 
 __device__ __forceinline__ bool f16_range_ok(const unsigned* range) {
-  const float mx = __uint_as_float(range[0]), mw = __uint_as_float(range[1]);
-  return mx >= kF16RangeMin && mx <= kF16RangeMax && mw >= kF16RangeMin && mw <= kF16RangeMax;
+  const float mx = __uint_as_float(range[0]);
+  return mx >= kF16RangeMin && mx <= kF16RangeMax;
+}
+// k with max|w| * 2^k in [2^14, 2^15): the FP16 weights are w * 2^k (an exact scaling, so they
+// round as TF32 would whatever the weights' magnitude) and the accumulators are scaled by 2^-k.
+// 0 for zero, infinite or NaN weights; clamped so that 2^k and 2^-k stay normal floats.
+__device__ __forceinline__ int weight_scale_exp(unsigned max_w_bits) {
+  const float m = __uint_as_float(max_w_bits);
+  if (!(m > 0.f) || isinf(m)) return 0;
+  int e;
+  frexpf(m, &e);  // m in [2^(e-1), 2^e)
+  return max(-120, min(120, 15 - e));
 }
 // True when this launch has nothing to do (its gate is closed); uniform over the grid.
 __device__ __forceinline__ bool gate_closed(const Params& p) {
@@ -371,11 +385,12 @@ __device__ __forceinline__ float gelu_f(float v) {
 // c = chan_per_row channels per 16-byte row (TF32: 4 floats; F16: 8 halves), holding W of channel
 // ci = K s' + c kc + j (K = k_per_step, s' = s % (CIN/K)), output channel co, taps (kd, kh, kw) =
 // (pd_par + 2a, ph_par + 2b, ((q+pw)&1) + 2c) where s = ((a*2 + b)*2 + c)*(CIN/K) + s'. Rounded to
-// TF32 or converted to FP16 (round to nearest). One element per call, idx < kWeightElems.
+// TF32 or converted to FP16 (round to nearest; scaled by wscale = 2^k first, weight_scale_exp).
+// One element per call, idx < kWeightElems.
 template <int CIN, bool F16>
 constexpr int kWeightElems = 4 * weight_bytes(CIN, F16) / (F16 ? 2 : 4);
 template <int CIN, bool F16>
-__device__ __forceinline__ float relayout_weight(const float* __restrict__ w, int pw, int idx) {
+__device__ __forceinline__ void relayout_weight(const float* __restrict__ w, int pw, int idx, float wscale) {
   constexpr int C = chan_per_row(F16), K = k_per_step(F16), KS = ksteps(CIN, F16);
   const int j = idx % C, r = (idx / C) % 8, mg = (idx / (8 * C)) % 8, kc = (idx / (64 * C)) % 2;
   const int step = idx / (128 * C), s = step % KS, cq = step / KS;
@@ -386,10 +401,19 @@ __device__ __forceinline__ float relayout_weight(const float* __restrict__ w, in
   const int kd = (cls >> 1) + 2 * a, kh = (cls & 1) + 2 * b, kw = ((q + pw) & 1) + 2 * c;
   const float v = w[(((ci * 64 + co) * 4 + kd) * 4 + kh) * 4 + kw];
   if constexpr (F16)
-    reinterpret_cast<__half*>(g_wsmem)[idx] = __float2half_rn(v);
+    reinterpret_cast<__half*>(g_wsmem)[idx] = __float2half_rn(v * wscale);
   else
     reinterpret_cast<float*>(g_wsmem)[idx] = tf32_round(v);
-  return v;
+}
+
+// max|w| into range[1] (zeroed before it), for the F16 weights' scale: a grid-stride pass over the
+// n_w weights (every block calls block_atomic_max2 once).
+__global__ void __launch_bounds__(256) weight_absmax_kernel(const float* __restrict__ w, int64_t n_w,
+                                                            unsigned* range) {
+  float m = 0.f;
+  for (int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x; i < n_w; i += (int64_t)gridDim.x * 256)
+    m = fmaxf(m, fabsf(__ldg(w + i)));
+  block_atomic_max2(range, 0.f, m);
 }
 
 __device__ __forceinline__ float ex2_approx(float v) {
@@ -472,8 +496,9 @@ inline int relayout_blocks(const Geometry& g) {
 }
 template <int CIN, bool F16>
 constexpr int kWeightBlocks = (kWeightElems<CIN, F16> + 255) / 256;
-// The F16 pre-pass also records max|x| and max|w| in p.range (zeroed before it) for the range
-// test; the TF32 pre-pass obeys p.range_gate.
+// The F16 pre-pass records max|x| in p.range[0] (zeroed before it) for the range test and scales
+// the weights by 2^weight_scale_exp(p.range[1]) (weight_absmax_kernel ran before it); the TF32
+// pre-pass obeys p.range_gate.
 template <int CIN, bool F16>
 __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const float* __restrict__ w,
                                                       int relayout_blocks) {
@@ -486,11 +511,12 @@ __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const floa
   const int hb = (g.H + kRelayoutRows - 1) / kRelayoutRows;
   const int iw_min = (g.pw >> 1) - 1;
   const int64_t chan = (int64_t)g.D * g.H * g.W;
-  float amax_x = 0.f, amax_w = 0.f;  // F16: max |value| this thread converted
+  float amax_x = 0.f;  // F16: max |x| this thread converted
+  const float wscale = F16 ? ldexpf(1.f, weight_scale_exp(p.range[1])) : 1.f;
   for (int b = blockIdx.x; b < relayout_blocks + kWeightBlocks<CIN, F16>; b += gridDim.x) {
     if (b >= relayout_blocks) {
       const int idx = (b - relayout_blocks) * 256 + threadIdx.x;
-      if (idx < kWeightElems<CIN, F16>) amax_w = fmaxf(amax_w, fabsf(relayout_weight<CIN, F16>(w, g.pw, idx)));
+      if (idx < kWeightElems<CIN, F16>) relayout_weight<CIN, F16>(w, g.pw, idx, wscale);
       continue;
     }
     const int64_t nd = b / hb;
@@ -524,7 +550,7 @@ __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const floa
       dst[i] = v;
     }
   }
-  if (F16 && p.range) block_atomic_max2(p.range, amax_x, amax_w);
+  if (F16) block_atomic_max2(p.range, amax_x, 0.f);
 }
 
 // The consumer's epilogue for one unit, from the accumulators (rows co0 = 16 w4 + g8 and co0 + 8,
@@ -814,6 +840,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int rho0 = ((0 + g.pw) >> 1) - (g.pw >> 1) + 1, rho1 = ((1 + g.pw) >> 1) - (g.pw >> 1) + 1;
 
   mbar_wait(w_bar, 0);
+  // F16: the weights were scaled by 2^k (weight_scale_exp); the accumulators are scaled back.
+  const float winv = F16 ? ldexpf(1.f, -weight_scale_exp(p.range[1])) : 1.f;
   Unit u = decode_unit(g, cls, u0);
   int P = 1;
   for (int k = 0; k < n_units; ++k) {
@@ -873,6 +901,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = 0; i < 32; ++i) {
         reg_fence(acc0[i]);
         reg_fence(acc1[i]);
+        if (F16) {
+          acc0[i] *= winv;
+          acc1[i] *= winv;
+        }
       }
     } else {  // profiling: stand-in values that the compiler cannot fold
 #pragma unroll
@@ -1247,19 +1279,24 @@ void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool gua
   const bool gate = F16 && guarded;
   const bool direct = F16 && direct_input && direct_input_possible(p);
   p.range_gate = gate && !direct ? kIfF16Range : kAlways;
-  if (gate) {
+  if (F16) {  // max|x| for the range test, max|w| for the weights' scale
     const cudaError_t e = cudaMemsetAsync(p.range, 0, 2 * sizeof(unsigned), stream);
     if (e != cudaSuccess)
       throw std::runtime_error(std::string("fused_conv_transpose3d_ln_gelu_scale: clearing the range words: ") +
                                cudaGetErrorString(e));
-  } else {
-    p.range = nullptr;  // nothing reads it: no maxima recorded
+    const int64_t n_w = (int64_t)CIN * 64 * 64;
+    weight_absmax_kernel<<<std::min<int64_t>((n_w + 255) / 256, 2 * device_sm_count()), 256, 0, stream>>>(w, n_w,
+                                                                                                     p.range);
+    const cudaError_t le = cudaGetLastError();
+    if (le != cudaSuccess)
+      throw std::runtime_error(std::string("fused_conv_transpose3d_ln_gelu_scale: kernel launch failed: ") +
+                               cudaGetErrorString(le));
   }
-  // The pre-pass first (it needs no block plan), so that the host's remaining work (block plan,
+  // The pre-pass next (it needs no block plan), so that the host's remaining work (block plan,
   // tensor maps, launches) overlaps it instead of leaving the GPU idle. Each launch after it is a
   // programmatic dependent of the one before: its launch and prologue overlap the predecessor's
   // last wave (the gated launches cost little more than that).
-  launch_prepass<CIN, F16>(p, w, stream, /*gated=*/false, /*pdl=*/false, /*weights_only=*/direct);
+  launch_prepass<CIN, F16>(p, w, stream, /*gated=*/false, /*pdl=*/F16, /*weights_only=*/direct);
   plan_blocks(g, device_sm_count());
   if constexpr (F16) {
     if (direct)

@@ -160,10 +160,10 @@ TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
 
   TEST_CASE("operands outside FP16's range: auto falls back to TF32 and stays within the bound") {
     if (!minidl_test::require_gpu()) return;
-    // x scaled far above FP16's range (max 65504: x overflows, the weights underflow) and far
-    // below it (1e-6: FP16 subnormals keep ~4 bits); forced f16 is far off in both, and "auto"
-    // must notice on the device and run the TF32 kernels instead. Weights scaled the other way
-    // keep the conv output at its usual size.
+    // x scaled far above FP16's range (max 65504: x overflows) and far below it (1e-6: FP16
+    // subnormals keep ~4 bits); forced f16 is far off in both, and "auto" must notice on the
+    // device and run the TF32 kernels instead. Weights scaled the other way keep the conv output
+    // at its usual size (their own magnitude does not matter: the next test).
     const Shape x{2, 32, 3, 5, 32};
     for (double scale : {1e6, 1e-6}) {
       std::vector<Tensor> ins = fused_conv_inputs(x, 64, true, 800);
@@ -178,6 +178,28 @@ TEST_SUITE("cuda/fused_conv_transpose3d_ln_gelu_scale") {
       INFO(what << " operands f16 (no range test): the case must be outside FP16's reach");
       CHECK_FALSE((all_finite(forced.gpu[0]) && rel_l2_error(forced.gpu[0], forced.ref[0]) <= 10 * kTf32Tol));
     }
+  }
+
+  TEST_CASE("weights of any magnitude: the FP16 weights are scaled into range") {
+    if (!minidl_test::require_gpu()) return;
+    // max|w| ~ 1e-6 (subnormal in FP16 unscaled: ~5% error) and ~1e6 (overflows FP16 unscaled):
+    // FP16 operands, forced or automatic, must stay within the TF32 bound, through both input
+    // paths (W 32 reads x directly, W 33 through the pre-pass).
+    struct C {
+      Shape x;
+      std::vector<int64_t> pad;
+    };
+    const std::vector<C> cases = {{{2, 32, 3, 5, 32}, {1, 1, 1}}, {{1, 16, 3, 4, 33}, {1, 1, 2}}};
+    for (const C& c : cases)
+      for (double scale : {1e-4, 1e8}) {
+        std::vector<Tensor> ins = fused_conv_inputs(c.x, 64, true, 1300);
+        float* ws = ins[1].data<float>();
+        for (int64_t i = 0; i < ins[1].numel(); ++i) ws[i] = static_cast<float>(ws[i] * scale);
+        for (const char* ops : {"f16", "auto"})
+          check_op(std::string(kOp) + " x " + shape_str(c.x) + " w * " + std::to_string(scale) + " operands " + ops,
+                   fused_conv_node(c.x, 64, true, fused_conv_attrs(false, "none", 1.0, c.pad, {0, 0, 0}, ops)), ins,
+                   {kTf32Tol});
+      }
   }
 
   TEST_CASE("the flagship size matches the CPU") {
