@@ -410,6 +410,7 @@ __device__ __forceinline__ void relayout_weight(const float* __restrict__ w, int
 // n_w weights (every block calls block_atomic_max2 once).
 __global__ void __launch_bounds__(256) weight_absmax_kernel(const float* __restrict__ w, int64_t n_w,
                                                             unsigned* range) {
+  griddep_launch_dependents();  // the pre-pass may launch now (it waits for this grid itself)
   float m = 0.f;
   for (int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x; i < n_w; i += (int64_t)gridDim.x * 256)
     m = fmaxf(m, fabsf(__ldg(w + i)));
@@ -502,8 +503,10 @@ constexpr int kWeightBlocks = (kWeightElems<CIN, F16> + 255) / 256;
 template <int CIN, bool F16>
 __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const float* __restrict__ w,
                                                       int relayout_blocks) {
-  griddep_wait();
+  // Let the main kernel launch (its input loads need nothing from here) before waiting for the
+  // weights' maximum or the gate.
   griddep_launch_dependents();
+  griddep_wait();
   if (!F16 && gate_closed(p)) return;
   constexpr int C = chan_per_row(F16);
   constexpr int kPlaneF4 = plane_rows(CIN, F16);  // 16-byte rows per plane
@@ -559,12 +562,14 @@ __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const floa
 // out as float4 along ow, so that every 16-byte store instruction writes two whole rows (8-byte
 // stores straight from the fragment hit eight rows each, and took longer). The scratch's 8-byte
 // slots are XOR-swizzled by row: conflict-free both ways.
-// BIAS_ONLY: y = conv + bias, no LayerNorm (the plain conv_transpose3d on this kernel).
+// BIAS_ONLY: y = conv + bias, no LayerNorm (the plain conv_transpose3d on this kernel). The
+// accumulators are conv / winv (the FP16 weights' scale, a power of two; 1 for TF32): the
+// statistics are taken from them and winv folded into rstd (exact).
 template <bool TANH, bool kMath, bool kYStore, bool BIAS_ONLY>
 __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc0)[32], const float (&acc1)[32],
                                               const Unit& u, const float (&gam)[16], const float (&bet)[16],
                                               const float (&bias_r)[2], float* scratch, int w4, int lane,
-                                              int ustat) {
+                                              int ustat, float winv) {
   const Geometry& g = p.g;
   const int g8 = lane >> 2, t = lane & 3;
   // LayerNorm statistics of the thread's four rows e = (co half, r): 16 values each here, the
@@ -587,7 +592,7 @@ __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc
     d2 += __shfl_xor_sync(0xffffffffu, d2, 1);
     d2 += __shfl_xor_sync(0xffffffffu, d2, 2);
     mu[e] = m;
-    rs[e] = rsqrtf(d2 * (1.f / 64.f) + p.eps);
+    rs[e] = rsqrtf(d2 * winv * winv * (1.f / 64.f) + p.eps) * winv;  // applies to the accumulators
   }
   const bool row_b = u.od + 2 < g.Dout;  // the last od pair of an odd count has one row
   const bool scaled = p.factor != 1.f;   // one multiply per element saved for the default factor
@@ -603,14 +608,14 @@ __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc
     // every 32-byte sector shared with the other oh parity's block: 0.19 ms of the kernel.
     if (!BIAS_ONLY && t == 0 && p.stats)
       p.stats[(int64_t)ustat * 128 + (e & 1) * 64 + co_base + g8] =
-          make_float2(mu[e] + bias_r[e >> 1], rs[e]);  // the bias shifts z, so the mean, nothing else
+          make_float2(fmaf(mu[e], winv, bias_r[e >> 1]), rs[e] / winv);  // the bias shifts the mean only
     const float nmrs = -mu[e] * rs[e];  // (v - mu) * rs as one FMA
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       float o0 = acc0[4 * j + e], o1 = acc1[4 * j + e];
       if (BIAS_ONLY) {
-        o0 += bias_r[e >> 1];
-        o1 += bias_r[e >> 1];
+        o0 = fmaf(o0, winv, bias_r[e >> 1]);
+        o1 = fmaf(o1, winv, bias_r[e >> 1]);
       } else if (kMath) {
         o0 = gelu_unscaled<TANH>(fmaf(fmaf(o0, rs[e], nmrs), gam[2 * j], bet[2 * j]));
         o1 = gelu_unscaled<TANH>(fmaf(fmaf(o1, rs[e], nmrs), gam[2 * j + 1], bet[2 * j + 1]));
@@ -840,7 +845,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int rho0 = ((0 + g.pw) >> 1) - (g.pw >> 1) + 1, rho1 = ((1 + g.pw) >> 1) - (g.pw >> 1) + 1;
 
   mbar_wait(w_bar, 0);
-  // F16: the weights were scaled by 2^k (weight_scale_exp); the accumulators are scaled back.
+  // F16: the weights were scaled by 2^k (weight_scale_exp); the epilogue scales back.
   const float winv = F16 ? ldexpf(1.f, -weight_scale_exp(p.range[1])) : 1.f;
   Unit u = decode_unit(g, cls, u0);
   int P = 1;
@@ -901,10 +906,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = 0; i < 32; ++i) {
         reg_fence(acc0[i]);
         reg_fence(acc1[i]);
-        if (F16) {
-          acc0[i] *= winv;
-          acc1[i] *= winv;
-        }
       }
     } else {  // profiling: stand-in values that the compiler cannot fold
 #pragma unroll
@@ -923,7 +924,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if (kEpi) {
       unit_epilogue<TANH, kMath, kYStore, BIAS_ONLY>(p, acc0, acc1, u, gam, bet, bias_r, scratch, warp & 3, lane,
-                                          g.unit0[cls] + u0 + k);
+                                          g.unit0[cls] + u0 + k, winv);
     } else {  // profiling (wgmma only): keep the accumulators alive, or ptxas drops the wgmmas
       float sm = 0.f;
 #pragma unroll
