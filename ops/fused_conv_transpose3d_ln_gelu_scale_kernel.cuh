@@ -142,8 +142,8 @@ struct Geometry {
 // stands only when max|x| lies in [2^-8, 2^15]. Above, values would overflow (65504); below 2^-14
 // they lose mantissa bits, which the 2^-8 floor keeps at least 64x smaller than the rounding
 // error of the largest values. Otherwise the TF32 path runs. The weights need no such test: the
-// F16 path scales them by a power of two into [2^14, 2^15) (weight_scale_exp) and the epilogue
-// scales the accumulators back, exactly.
+// F16 path scales each output channel's weights by a power of two into [2^14, 2^15)
+// (weight_scale_exp, relayout_weights_f16_channel) and the epilogue scales its rows back, exactly.
 constexpr float kF16RangeMin = 0x1p-8f, kF16RangeMax = 0x1p15f;
 // Which launches of a call run: the F16 kernel when the pre-pass found the operands in range,
 // the TF32 pre-pass and kernel when it did not. kAlways: no range test (forced operand format).
@@ -152,8 +152,9 @@ enum RangeGate : int { kAlways = 0, kIfF16Range = 1, kIfNotF16Range = 2 };
 struct Params {
   Geometry g;
   const float* x;
-  unsigned* range;  // [max|x|, max|w|] as float bits (the first kRangeBytes of the workspace);
-                    // F16: never null (max|w| sets the weights' scale)
+  unsigned* range;  // max|x| as float bits in range[0] (the range test; zeroed before the call when
+                    // it is used), then from word kWeightExpWord the F16 weights' scale exponents
+                    // [class][co] (the first kRangeBytes of the workspace)
   int range_gate;   // RangeGate of the launch
   float* xt;  // re-laid-out input planes (workspace_bytes()), written by prepass_kernel
   float2* stats;  // (mean, rstd) per row in unit order [unit][r][co], in the workspace after xt;
@@ -172,11 +173,12 @@ __device__ __forceinline__ bool f16_range_ok(const unsigned* range) {
   const float mx = __uint_as_float(range[0]);
   return mx >= kF16RangeMin && mx <= kF16RangeMax;
 }
-// k with max|w| * 2^k in [2^14, 2^15): the FP16 weights are w * 2^k (an exact scaling, so they
-// round as TF32 would whatever the weights' magnitude) and the accumulators are scaled by 2^-k.
-// 0 for zero, infinite or NaN weights; clamped so that 2^k and 2^-k stay normal floats.
-__device__ __forceinline__ int weight_scale_exp(unsigned max_w_bits) {
-  const float m = __uint_as_float(max_w_bits);
+// k with m * 2^k in [2^14, 2^15), m = max|w| over one output channel's weights of a class: those
+// FP16 weights are w * 2^k (an exact scaling, so they round as TF32 would whatever the weights'
+// magnitude) and the channel's accumulators are scaled by 2^-k. 0 for zero, infinite or NaN
+// weights; clamped so that 2^k and 2^-k stay normal floats.
+constexpr int kWeightExpWord = 64;  // p.range[kWeightExpWord + cls * 64 + co]: k as an int
+__device__ __forceinline__ int weight_scale_exp(float m) {
   if (!(m > 0.f) || isinf(m)) return 0;
   int e;
   frexpf(m, &e);  // m in [2^(e-1), 2^e)
@@ -186,24 +188,6 @@ __device__ __forceinline__ int weight_scale_exp(unsigned max_w_bits) {
 __device__ __forceinline__ bool gate_closed(const Params& p) {
   if (p.range_gate == kAlways) return false;
   return f16_range_ok(p.range) != (p.range_gate == kIfF16Range);
-}
-// The maxima of non-negative a and b over a block of 256 threads, folded into dst[0] and dst[1]
-// by one atomicMax each (float bits order like the floats); every thread must call it.
-__device__ __forceinline__ void block_atomic_max2(unsigned* dst, float a, float b) {
-  __shared__ unsigned part[2][8];
-  const unsigned ma = __reduce_max_sync(0xffffffffu, __float_as_uint(a));
-  const unsigned mb = __reduce_max_sync(0xffffffffu, __float_as_uint(b));
-  if ((threadIdx.x & 31) == 0) {
-    part[0][threadIdx.x >> 5] = ma;
-    part[1][threadIdx.x >> 5] = mb;
-  }
-  __syncthreads();
-  if (threadIdx.x < 2) {
-    unsigned m = 0u;
-#pragma unroll
-    for (int w = 0; w < 8; ++w) m = max(m, part[threadIdx.x][w]);
-    if (m != 0u) atomicMax(dst + threadIdx.x, m);
-  }
 }
 
 // One output row (n, od, oh) of parity class cls: the precise kernel's work item (one block per
@@ -385,12 +369,13 @@ __device__ __forceinline__ float gelu_f(float v) {
 // c = chan_per_row channels per 16-byte row (TF32: 4 floats; F16: 8 halves), holding W of channel
 // ci = K s' + c kc + j (K = k_per_step, s' = s % (CIN/K)), output channel co, taps (kd, kh, kw) =
 // (pd_par + 2a, ph_par + 2b, ((q+pw)&1) + 2c) where s = ((a*2 + b)*2 + c)*(CIN/K) + s'. Rounded to
-// TF32 or converted to FP16 (round to nearest; scaled by wscale = 2^k first, weight_scale_exp).
-// One element per call, idx < kWeightElems.
+// TF32 (relayout_weight, one element per call, idx < kWeightElems) or converted to FP16 after a
+// scaling by 2^k per class and output channel (relayout_weights_f16_channel).
 template <int CIN, bool F16>
 constexpr int kWeightElems = 4 * weight_bytes(CIN, F16) / (F16 ? 2 : 4);
+// The weight that element idx of g_wsmem holds.
 template <int CIN, bool F16>
-__device__ __forceinline__ void relayout_weight(const float* __restrict__ w, int pw, int idx, float wscale) {
+__device__ __forceinline__ float weight_at(const float* __restrict__ w, int pw, int idx) {
   constexpr int C = chan_per_row(F16), K = k_per_step(F16), KS = ksteps(CIN, F16);
   const int j = idx % C, r = (idx / C) % 8, mg = (idx / (8 * C)) % 8, kc = (idx / (64 * C)) % 2;
   const int step = idx / (128 * C), s = step % KS, cq = step / KS;
@@ -399,22 +384,53 @@ __device__ __forceinline__ void relayout_weight(const float* __restrict__ w, int
   const int c = t3 & 1, b = (t3 >> 1) & 1, a = t3 >> 2;
   const int co = 8 * mg + r, ci = K * cis + C * kc + j;
   const int kd = (cls >> 1) + 2 * a, kh = (cls & 1) + 2 * b, kw = ((q + pw) & 1) + 2 * c;
-  const float v = w[(((ci * 64 + co) * 4 + kd) * 4 + kh) * 4 + kw];
-  if constexpr (F16)
-    reinterpret_cast<__half*>(g_wsmem)[idx] = __float2half_rn(v * wscale);
-  else
-    reinterpret_cast<float*>(g_wsmem)[idx] = tf32_round(v);
+  return w[(((ci * 64 + co) * 4 + kd) * 4 + kh) * 4 + kw];
 }
-
-// max|w| into range[1] (zeroed before it), for the F16 weights' scale: a grid-stride pass over the
-// n_w weights (every block calls block_atomic_max2 once).
-__global__ void __launch_bounds__(256) weight_absmax_kernel(const float* __restrict__ w, int64_t n_w,
-                                                            unsigned* range) {
-  griddep_launch_dependents();  // the pre-pass may launch now (it waits for this grid itself)
-  float m = 0.f;
-  for (int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x; i < n_w; i += (int64_t)gridDim.x * 256)
-    m = fmaxf(m, fabsf(__ldg(w + i)));
-  block_atomic_max2(range, 0.f, m);
+template <int CIN>
+__device__ __forceinline__ void relayout_weight(const float* __restrict__ w, int pw, int idx) {
+  reinterpret_cast<float*>(g_wsmem)[idx] = tf32_round(weight_at<CIN, false>(w, pw, idx));
+}
+// The maximum of v >= 0 over the block (256 threads), returned to every thread.
+__device__ __forceinline__ float block_max256(float v) {
+  __shared__ float part[8], result;
+  v = __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(v)));
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = part[0];
+    for (int i = 1; i < 8; ++i) m = fmaxf(m, part[i]);
+    result = m;
+  }
+  __syncthreads();
+  return result;
+}
+// The F16 weights of class cls and output channel co (both q, all k-steps: 16 Cin values) by one
+// block of 256 threads: scaled by 2^k, k = weight_scale_exp(their max |w|), then converted; k goes
+// to exps[cls * 64 + co] for the epilogue.
+template <int CIN>
+__device__ __forceinline__ void relayout_weights_f16_channel(const float* __restrict__ w, int pw, int cls, int co,
+                                                             int* exps) {
+  constexpr int KS = ksteps(CIN, true), kPer = 2 * KS * 2 * 8, kPerThread = (kPer + 255) / 256;
+  int idx[kPerThread];
+  float v[kPerThread], m = 0.f;
+#pragma unroll
+  for (int t = 0; t < kPerThread; ++t) {
+    const int i = threadIdx.x + 256 * t;  // (q, s, kc, j), j fastest
+    idx[t] = -1;
+    v[t] = 0.f;
+    if (i < kPer) {
+      const int j = i % 8, kc = (i / 8) % 2, s = (i / 16) % KS, q = i / (16 * KS);
+      idx[t] = (((((cls * 2 + q) * KS + s) * 2 + kc) * 8 + (co >> 3)) * 8 + (co & 7)) * 8 + j;
+      v[t] = weight_at<CIN, true>(w, pw, idx[t]);
+      m = fmaxf(m, fabsf(v[t]));
+    }
+  }
+  const int k = weight_scale_exp(block_max256(m));
+  const float scale = ldexpf(1.f, k);
+#pragma unroll
+  for (int t = 0; t < kPerThread; ++t)
+    if (idx[t] >= 0) reinterpret_cast<__half*>(g_wsmem)[idx[t]] = __float2half_rn(v[t] * scale);
+  if (threadIdx.x == 0) exps[cls * 64 + co] = k;
 }
 
 __device__ __forceinline__ float ex2_approx(float v) {
@@ -495,16 +511,16 @@ constexpr int kRelayoutRows = 8;
 inline int relayout_blocks(const Geometry& g) {
   return g.N * g.D * ((g.H + kRelayoutRows - 1) / kRelayoutRows);
 }
+// F16: one work block per (class, output channel); TF32: 256 elements per block.
 template <int CIN, bool F16>
-constexpr int kWeightBlocks = (kWeightElems<CIN, F16> + 255) / 256;
-// The F16 pre-pass records max|x| in p.range[0] (zeroed before it) for the range test and scales
-// the weights by 2^weight_scale_exp(p.range[1]) (weight_absmax_kernel ran before it); the TF32
-// pre-pass obeys p.range_gate.
+constexpr int kWeightBlocks = F16 ? 4 * 64 : (kWeightElems<CIN, F16> + 255) / 256;
+// The F16 pre-pass records max|x| in p.range[0] (zeroed before it) for the range test and the
+// weights' scale exponents; the TF32 pre-pass obeys p.range_gate.
 template <int CIN, bool F16>
 __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const float* __restrict__ w,
                                                       int relayout_blocks) {
   // Let the main kernel launch (its input loads need nothing from here) before waiting for the
-  // weights' maximum or the gate.
+  // kernel before this one (the gate's maximum).
   griddep_launch_dependents();
   griddep_wait();
   if (!F16 && gate_closed(p)) return;
@@ -515,11 +531,16 @@ __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const floa
   const int iw_min = (g.pw >> 1) - 1;
   const int64_t chan = (int64_t)g.D * g.H * g.W;
   float amax_x = 0.f;  // F16: max |x| this thread converted
-  const float wscale = F16 ? ldexpf(1.f, weight_scale_exp(p.range[1])) : 1.f;
   for (int b = blockIdx.x; b < relayout_blocks + kWeightBlocks<CIN, F16>; b += gridDim.x) {
-    if (b >= relayout_blocks) {
-      const int idx = (b - relayout_blocks) * 256 + threadIdx.x;
-      if (idx < kWeightElems<CIN, F16>) relayout_weight<CIN, F16>(w, g.pw, idx, wscale);
+    if (b >= relayout_blocks) {  // uniform over the block
+      const int wb = b - relayout_blocks;
+      if constexpr (F16) {
+        relayout_weights_f16_channel<CIN>(w, g.pw, wb >> 6, wb & 63,
+                                          reinterpret_cast<int*>(p.range) + kWeightExpWord);
+      } else {
+        const int idx = wb * 256 + threadIdx.x;
+        if (idx < kWeightElems<CIN, F16>) relayout_weight<CIN>(w, g.pw, idx);
+      }
       continue;
     }
     const int64_t nd = b / hb;
@@ -553,7 +574,10 @@ __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const floa
       dst[i] = v;
     }
   }
-  if (F16) block_atomic_max2(p.range, amax_x, 0.f);
+  if constexpr (F16) {
+    const float m = block_max256(amax_x);
+    if (threadIdx.x == 0 && m > 0.f) atomicMax(p.range, __float_as_uint(m));  // float bits order as floats
+  }
 }
 
 // The consumer's epilogue for one unit, from the accumulators (rows co0 = 16 w4 + g8 and co0 + 8,
@@ -563,13 +587,14 @@ __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const floa
 // stores straight from the fragment hit eight rows each, and took longer). The scratch's 8-byte
 // slots are XOR-swizzled by row: conflict-free both ways.
 // BIAS_ONLY: y = conv + bias, no LayerNorm (the plain conv_transpose3d on this kernel). The
-// accumulators are conv / winv (the FP16 weights' scale, a power of two; 1 for TF32): the
-// statistics are taken from them and winv folded into rstd (exact).
+// accumulators of output channel half h are conv / winv[h] (the FP16 weights' scale of that
+// channel, a power of two; 1 for TF32): the statistics are taken from them and winv folded into
+// rstd (exact).
 template <bool TANH, bool kMath, bool kYStore, bool BIAS_ONLY>
 __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc0)[32], const float (&acc1)[32],
                                               const Unit& u, const float (&gam)[16], const float (&bet)[16],
                                               const float (&bias_r)[2], float* scratch, int w4, int lane,
-                                              int ustat, float winv) {
+                                              int ustat, const float (&winv)[2]) {
   const Geometry& g = p.g;
   const int g8 = lane >> 2, t = lane & 3;
   // LayerNorm statistics of the thread's four rows e = (co half, r): 16 values each here, the
@@ -592,7 +617,8 @@ __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc
     d2 += __shfl_xor_sync(0xffffffffu, d2, 1);
     d2 += __shfl_xor_sync(0xffffffffu, d2, 2);
     mu[e] = m;
-    rs[e] = rsqrtf(d2 * winv * winv * (1.f / 64.f) + p.eps) * winv;  // applies to the accumulators
+    const float wi = winv[e >> 1];
+    rs[e] = rsqrtf(d2 * wi * wi * (1.f / 64.f) + p.eps) * wi;  // applies to the accumulators
   }
   const bool row_b = u.od + 2 < g.Dout;  // the last od pair of an odd count has one row
   const bool scaled = p.factor != 1.f;   // one multiply per element saved for the default factor
@@ -608,14 +634,14 @@ __device__ __forceinline__ void unit_epilogue(const Params& p, const float (&acc
     // every 32-byte sector shared with the other oh parity's block: 0.19 ms of the kernel.
     if (!BIAS_ONLY && t == 0 && p.stats)
       p.stats[(int64_t)ustat * 128 + (e & 1) * 64 + co_base + g8] =
-          make_float2(fmaf(mu[e], winv, bias_r[e >> 1]), rs[e] / winv);  // the bias shifts the mean only
+          make_float2(fmaf(mu[e], winv[e >> 1], bias_r[e >> 1]), rs[e] / winv[e >> 1]);  // bias: mean only
     const float nmrs = -mu[e] * rs[e];  // (v - mu) * rs as one FMA
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       float o0 = acc0[4 * j + e], o1 = acc1[4 * j + e];
       if (BIAS_ONLY) {
-        o0 = fmaf(o0, winv, bias_r[e >> 1]);
-        o1 = fmaf(o1, winv, bias_r[e >> 1]);
+        o0 = fmaf(o0, winv[e >> 1], bias_r[e >> 1]);
+        o1 = fmaf(o1, winv[e >> 1], bias_r[e >> 1]);
       } else if (kMath) {
         o0 = gelu_unscaled<TANH>(fmaf(fmaf(o0, rs[e], nmrs), gam[2 * j], bet[2 * j]));
         o1 = gelu_unscaled<TANH>(fmaf(fmaf(o1, rs[e], nmrs), gam[2 * j + 1], bet[2 * j + 1]));
@@ -845,8 +871,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int rho0 = ((0 + g.pw) >> 1) - (g.pw >> 1) + 1, rho1 = ((1 + g.pw) >> 1) - (g.pw >> 1) + 1;
 
   mbar_wait(w_bar, 0);
-  // F16: the weights were scaled by 2^k (weight_scale_exp); the epilogue scales back.
-  const float winv = F16 ? ldexpf(1.f, -weight_scale_exp(p.range[1])) : 1.f;
+  // F16: the weights of channels co0 and co0 + 8 were scaled by 2^k (weight_scale_exp); the
+  // epilogue scales their rows back.
+  float winv[2] = {1.f, 1.f};
+  if (F16) {
+    const int* exps = reinterpret_cast<const int*>(p.range) + kWeightExpWord + cls * 64;
+    winv[0] = ldexpf(1.f, -exps[co0]);
+    winv[1] = ldexpf(1.f, -exps[co0 + 8]);
+  }
   Unit u = decode_unit(g, cls, u0);
   int P = 1;
   for (int k = 0; k < n_units; ++k) {
@@ -1073,11 +1105,11 @@ inline int device_sm_count() {
   return n > 0 ? n : 1;
 }
 
-// Scratch bytes the tensor-core path needs: kRangeBytes for the operand range words, the
-// re-laid-out input (N*D*H planes, sized for TF32; F16 uses half), then, when mean or rstd is
+// Scratch bytes the tensor-core path needs: kRangeBytes for the range word and the FP16 weights'
+// scale exponents, the re-laid-out input (N*D*H planes, sized for TF32; F16 uses half), then, when mean or rstd is
 // wanted (`stats`), the row statistics in unit order, 1 KB per unit. Units: N x (od pairs of both
 // d classes, at most D + 3 in all, since D_out <= 2D + 3) x H_out (<= 2H + 3).
-constexpr size_t kRangeBytes = 256;
+constexpr size_t kRangeBytes = 1536;  // range word, then 4 x 64 weight scale exponents
 inline size_t stats_offset(int64_t N, int64_t Cin, int64_t D, int64_t H) {
   return ((size_t)(N * D * H) * plane_bytes((int)Cin) + 255) / 256 * 256;
 }
@@ -1260,8 +1292,8 @@ void launch_main(const Params& p, cudaStream_t stream, bool pdl = false) {
 
 // The tensor-core path: pre-pass, main kernel and, when mean or rstd is wanted, the statistics
 // kernel. p.range and p.xt must point into a workspace of workspace_bytes() (attach_workspace).
-// F16 with `guarded`: the F16 kernels record the operands' range, the F16 result stands if it is
-// within [kF16RangeMin, kF16RangeMax], and a TF32 pre-pass and kernel run otherwise (launched
+// F16 with `guarded`: the F16 kernels record max|x|, the F16 result stands if it is within
+// [kF16RangeMin, kF16RangeMax], and a TF32 pre-pass and kernel run otherwise (launched
 // always, they return at once when not needed). F16 unguarded: F16 regardless (tests).
 // F16 with `direct_input` (and direct_input_possible): the main kernel reads x itself and the
 // pre-pass re-lays out the weights only; the range then is known only after the F16 kernel, which
@@ -1280,24 +1312,17 @@ void launch_tc(const Params& p_in, const float* w, cudaStream_t stream, bool gua
   const bool gate = F16 && guarded;
   const bool direct = F16 && direct_input && direct_input_possible(p);
   p.range_gate = gate && !direct ? kIfF16Range : kAlways;
-  if (F16) {  // max|x| for the range test, max|w| for the weights' scale
-    const cudaError_t e = cudaMemsetAsync(p.range, 0, 2 * sizeof(unsigned), stream);
+  if (gate) {  // max|x| for the range test (unguarded, the maxima land in a word nobody reads)
+    const cudaError_t e = cudaMemsetAsync(p.range, 0, sizeof(unsigned), stream);
     if (e != cudaSuccess)
-      throw std::runtime_error(std::string("fused_conv_transpose3d_ln_gelu_scale: clearing the range words: ") +
+      throw std::runtime_error(std::string("fused_conv_transpose3d_ln_gelu_scale: clearing the range word: ") +
                                cudaGetErrorString(e));
-    const int64_t n_w = (int64_t)CIN * 64 * 64;
-    weight_absmax_kernel<<<std::min<int64_t>((n_w + 255) / 256, 2 * device_sm_count()), 256, 0, stream>>>(w, n_w,
-                                                                                                     p.range);
-    const cudaError_t le = cudaGetLastError();
-    if (le != cudaSuccess)
-      throw std::runtime_error(std::string("fused_conv_transpose3d_ln_gelu_scale: kernel launch failed: ") +
-                               cudaGetErrorString(le));
   }
-  // The pre-pass next (it needs no block plan), so that the host's remaining work (block plan,
+  // The pre-pass first (it needs no block plan), so that the host's remaining work (block plan,
   // tensor maps, launches) overlaps it instead of leaving the GPU idle. Each launch after it is a
   // programmatic dependent of the one before: its launch and prologue overlap the predecessor's
   // last wave (the gated launches cost little more than that).
-  launch_prepass<CIN, F16>(p, w, stream, /*gated=*/false, /*pdl=*/F16, /*weights_only=*/direct);
+  launch_prepass<CIN, F16>(p, w, stream, /*gated=*/false, /*pdl=*/false, /*weights_only=*/direct);
   plan_blocks(g, device_sm_count());
   if constexpr (F16) {
     if (direct)
