@@ -1106,9 +1106,10 @@ inline int device_sm_count() {
 }
 
 // Scratch bytes the tensor-core path needs: kRangeBytes for the range word and the FP16 weights'
-// scale exponents, the re-laid-out input (N*D*H planes, sized for TF32; F16 uses half), then, when mean or rstd is
-// wanted (`stats`), the row statistics in unit order, 1 KB per unit. Units: N x (od pairs of both
-// d classes, at most D + 3 in all, since D_out <= 2D + 3) x H_out (<= 2H + 3).
+// scale exponents, the re-laid-out input (N*D*H planes, sized for TF32; F16 uses half), then,
+// when mean or rstd is wanted (`stats`), the row statistics in unit order, 1 KB per unit.
+// Units: N x (od pairs of both d classes, at most D + 3 in all, since D_out <= 2D + 3) x H_out
+// (<= 2H + 3).
 constexpr size_t kRangeBytes = 1536;  // range word, then 4 x 64 weight scale exponents
 inline size_t stats_offset(int64_t N, int64_t Cin, int64_t D, int64_t H) {
   return ((size_t)(N * D * H) * plane_bytes((int)Cin) + 255) / 256 * 256;
