@@ -404,7 +404,7 @@ __device__ __forceinline__ float block_max256(float v) {
   __syncthreads();
   return result;
 }
-// The F16 weights of class cls and output channel co (both q, all k-steps: 16 Cin values) by one
+// The F16 weights of class cls and output channel co (both q, all k-steps: 16 x Cin values) by one
 // block of 256 threads: scaled by 2^k, k = weight_scale_exp(their max |w|), then converted; k goes
 // to exps[cls * 64 + co] for the epilogue.
 template <int CIN>
@@ -520,7 +520,7 @@ template <int CIN, bool F16>
 __global__ void __launch_bounds__(256) prepass_kernel(const Params p, const float* __restrict__ w,
                                                       int relayout_blocks) {
   // Let the main kernel launch (its input loads need nothing from here) before waiting for the
-  // kernel before this one (the gate's maximum).
+  // kernel before this one (the maximum the gate reads).
   griddep_launch_dependents();
   griddep_wait();
   if (!F16 && gate_closed(p)) return;
@@ -799,10 +799,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_arrive(full_bar + 8 * s);
       mbar_arrive(stage_empty + 8 * st);
     });
-    if (p.range) {
-      const unsigned m = __reduce_max_sync(0xffffffffu, __float_as_uint(amax));
-      if (lane == 0 && m != 0u) atomicMax(p.range, m);
-    }
+    // max|x| for the range test (unguarded calls leave the word uncleared and never read it).
+    const unsigned m = __reduce_max_sync(0xffffffffu, __float_as_uint(amax));
+    if (lane == 0 && m != 0u) atomicMax(p.range, m);
     return;
   }
   if (wg == 0) {
@@ -956,7 +955,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if (kEpi) {
       unit_epilogue<TANH, kMath, kYStore, BIAS_ONLY>(p, acc0, acc1, u, gam, bet, bias_r, scratch, warp & 3, lane,
-                                          g.unit0[cls] + u0 + k, winv);
+                                                     g.unit0[cls] + u0 + k, winv);
     } else {  // profiling (wgmma only): keep the accumulators alive, or ptxas drops the wgmmas
       float sm = 0.f;
 #pragma unroll
