@@ -800,8 +800,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_arrive(stage_empty + 8 * st);
     });
     // max|x| for the range test (unguarded calls leave the word uncleared and never read it).
-    const unsigned m = __reduce_max_sync(0xffffffffu, __float_as_uint(amax));
-    if (lane == 0 && m != 0u) atomicMax(p.range, m);
+    if (p.range) {
+      const unsigned m = __reduce_max_sync(0xffffffffu, __float_as_uint(amax));
+      if (lane == 0 && m != 0u) atomicMax(p.range, m);
+    }
     return;
   }
   if (wg == 0) {
