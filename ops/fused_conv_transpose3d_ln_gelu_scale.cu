@@ -17,6 +17,14 @@
 #endif
 
 namespace minidl {
+namespace {
+// MINIDL_FUSED_CONV_INPUT=prepass: the FP16 path re-lays out x in a pre-pass even where the main
+// kernel could read it directly (the tests compare the two paths; benchmarks time both).
+bool direct_input_from_env() {
+  const char* input = std::getenv("MINIDL_FUSED_CONV_INPUT");
+  return !(input && std::string(input) == "prepass");
+}
+}  // namespace
 
 void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w, const float* conv_bias,
                                                  const float* gamma, const float* beta, float* y, float* mean,
@@ -25,23 +33,17 @@ void launch_fused_conv_transpose3d_ln_gelu_scale(const float* x, const float* w,
                                                  int out_pad_d, int out_pad_h, int out_pad_w, float eps,
                                                  bool tanh_gelu, float factor, bool precise,
                                                  FusedConvOperands operands, void* workspace, cudaStream_t stream) {
-  // MINIDL_FUSED_CONV_INPUT=prepass: the FP16 path re-lays out x in a pre-pass even where the
-  // main kernel could read it directly (the tests compare the two paths; benchmarks time both).
-  const char* input = std::getenv("MINIDL_FUSED_CONV_INPUT");
-  const bool direct_input = !(input && std::string(input) == "prepass");
   fused_conv_detail::launch(x, w, conv_bias, gamma, beta, y, mean, rstd, N, Cin, D, H, W, Cout, pad_d, pad_h, pad_w,
                             out_pad_d, out_pad_h, out_pad_w, eps, tanh_gelu, factor, precise, workspace, stream,
-                            fused_conv_detail::kDefaultVariant, operands, direct_input);
+                            fused_conv_detail::kDefaultVariant, operands, direct_input_from_env());
 }
 
 void launch_conv_transpose3d_on_fused_kernel(const float* x, const float* w, const float* conv_bias, float* y,
                                               int64_t N, int64_t Cin, int64_t D, int64_t H, int64_t W, int pad_d,
                                               int pad_h, int pad_w, int out_pad_d, int out_pad_h, int out_pad_w,
                                               void* workspace, cudaStream_t stream) {
-  const char* input = std::getenv("MINIDL_FUSED_CONV_INPUT");
-  const bool direct_input = !(input && std::string(input) == "prepass");
   fused_conv_detail::launch_conv_only(x, w, conv_bias, y, N, Cin, D, H, W, pad_d, pad_h, pad_w, out_pad_d, out_pad_h,
-                                      out_pad_w, workspace, stream, direct_input);
+                                      out_pad_w, workspace, stream, direct_input_from_env());
 }
 
 size_t fused_conv_transpose3d_ln_gelu_scale_workspace_bytes(int64_t N, int64_t Cin, int64_t D, int64_t H,
