@@ -345,7 +345,7 @@ void check_geo_fits(const char* op, const ops::ConvGeom& g) {
 
 // The configurations the fused conv -> LayerNorm kernel takes (stride 2, kernel 4, C_out 64,
 // W_out 64; the flagship's among them) run on its tensor-core path with a bias-only epilogue: FP16
-// operands (TF32's mantissa) under its range test, TF32 otherwise, 0.48 ms against 0.89 for the
+// operands (TF32's mantissa) under its range test, TF32 otherwise, 0.50 ms against 0.89 for the
 // mma.sync kernel at the flagship size (bench/NOTES.md). MINIDL_CONV_MMA_SYNC=1 keeps them on the
 // mma.sync kernels; MINIDL_CONV_GENERAL=1 on the general path. False when it does not apply.
 bool forward_on_fused_kernel(const Geo& g, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {

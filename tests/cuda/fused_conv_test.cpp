@@ -2,8 +2,9 @@
 // (the unfused CPU kernels, composed, in f64): y and the saved row statistics, with FP16 and TF32
 // tensor-core operands (forced and automatic) and in the precise mode, over batch 1, odd
 // depth/height, channel counts the tile supports, the flagship size, and batch 128 (a 4 GiB
-// output, checked on its first and last items); and the automatic choice's fallback to TF32 for
-// operands outside FP16's range.
+// output, checked on its first and last items); the automatic choice's fallback to TF32 for x
+// outside FP16's range; weights of any magnitude (scaled into FP16's range); and the FP16 input
+// read straight from x against the pre-pass path, bit for bit.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
